@@ -1,0 +1,123 @@
+"""Conformer-CTC recogniser: encoder + linear CTC head over characters or SentencePiece units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from otalign.models.conformer import ConformerEncoder
+
+# Every architecture hyperparameter in one place.
+#   tiny : the 2-core CPU demo model (~2.5M parameters with 29 characters; see bench/decode.py).
+#   small: the common ESPnet/WeNet Conformer (12 x 256, 4 heads, FFN 2048, kernel 15), ~30M.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(input_dim=80, d_model=144, num_layers=4, num_heads=4, ff_dim=576, conv_kernel=15, dropout=0.1),
+    "small": dict(input_dim=80, d_model=256, num_layers=12, num_heads=4, ff_dim=2048, conv_kernel=15, dropout=0.1),
+}
+
+
+@dataclass
+class ModelOutput:
+    """Forward output. states: (B, T', D) encoder states (zero on padding); mask: (B, T') bool True =
+    valid; log_probs: (B, T', V) log-softmax of the CTC head; out_lengths: (B,) valid frames."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    log_probs: torch.Tensor
+    out_lengths: torch.Tensor
+
+
+def ctc_min_frames(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+    """Fewest frames a CTC path needs for each target: S + (number of adjacent repeats).
+
+    A repeated label (the two l's of "hello") needs a blank between its copies, so "hello" needs
+    6 frames, not 5.
+    """
+    if targets.dim() != 2:
+        raise ValueError(f"targets must be padded (B, S), got {tuple(targets.shape)}")
+    S = targets.shape[1]
+    if S < 2:
+        return target_lengths.clone()
+    pos = torch.arange(1, S, device=targets.device)[None, :]
+    repeats = (targets[:, 1:] == targets[:, :-1]) & (pos < target_lengths[:, None])
+    return target_lengths + repeats.sum(dim=1)
+
+
+class CTCModel(nn.Module):
+    """Conformer encoder + ``Linear(d_model, vocab_size)`` CTC head; blank = 0.
+
+    ``CTCModel(vocab_size, preset="tiny", num_layers=6)`` takes a preset from :data:`PRESETS` and
+    overrides any of its keys. ``config`` holds everything needed to rebuild the model.
+    """
+
+    def __init__(self, vocab_size: int, preset: str = "tiny", **overrides: Any) -> None:
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        unknown = set(overrides) - set(PRESETS[preset])
+        if unknown:
+            raise ValueError(f"unknown model option(s) {sorted(unknown)}; known: {sorted(PRESETS[preset])}")
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2 (blank + one unit), got {vocab_size}")
+        arch = {**PRESETS[preset], **overrides}
+        self.config: dict[str, Any] = {"vocab_size": int(vocab_size), "preset": preset, **arch}
+        self.vocab_size = int(vocab_size)
+        self.d_model = int(arch["d_model"])
+        self.encoder = ConformerEncoder(**arch)
+        self.ctc_head = nn.Linear(self.d_model, vocab_size)
+
+    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor) -> ModelOutput:
+        states, mask = self.encoder(feats, feat_lengths)
+        log_probs = F.log_softmax(self.ctc_head(states).float(), dim=-1)
+        return ModelOutput(states, mask, log_probs, mask.sum(dim=1))
+
+    @staticmethod
+    def ctc_loss(
+        log_probs: torch.Tensor,
+        out_lengths: torch.Tensor,
+        targets: torch.Tensor,
+        target_lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-utterance CTC negative log-likelihood (nats, summed over the utterance).
+
+        Args:
+            log_probs: (B, T', V) log-probabilities. out_lengths: (B,) valid frames.
+            targets: (B, S) padded label ids (never 0 = blank at valid positions).
+            target_lengths: (B,) valid labels.
+
+        Returns:
+            (loss_per_utt (B,), valid (B,) bool). An utterance is impossible (valid=False) when it
+            has no frames or fewer frames than :func:`ctc_min_frames`; its loss entry is 0 and
+            carries no gradient, so the caller can count it and average over the valid ones.
+            An empty target with frames is possible (all-blank path) and stays valid.
+        """
+        if log_probs.dim() != 3:
+            raise ValueError(f"log_probs must be (B, T', V), got {tuple(log_probs.shape)}")
+        B = log_probs.shape[0]
+        if targets.shape[0] != B or out_lengths.shape != (B,) or target_lengths.shape != (B,):
+            raise ValueError(
+                f"batch sizes disagree: log_probs {B}, out_lengths {tuple(out_lengths.shape)}, "
+                f"targets {tuple(targets.shape)}, target_lengths {tuple(target_lengths.shape)}"
+            )
+        out_lengths = out_lengths.to(torch.long)
+        target_lengths = target_lengths.to(torch.long)
+        valid = (out_lengths > 0) & (ctc_min_frames(targets, target_lengths) <= out_lengths)
+        loss = log_probs.new_zeros(B)
+        idx = valid.nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            # Keep the autograd graph connected so callers can always call backward().
+            return loss + 0.0 * log_probs.sum(), valid
+        sub = F.ctc_loss(
+            log_probs[idx].transpose(0, 1).float(),
+            targets[idx].to(torch.long),
+            out_lengths[idx],
+            target_lengths[idx],
+            blank=0,
+            reduction="none",
+            zero_infinity=False,
+        )
+        return loss.index_put((idx,), sub), valid

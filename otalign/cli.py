@@ -1,0 +1,174 @@
+"""Command-line front end: ``otalign <command> ...``.
+
+Every command is a thin wrapper around a library function, so a recipe can call the same code
+from Python. Heavy imports happen inside the handlers so ``otalign --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+
+def _floats(text: str) -> list[float]:
+    return [math.inf if v.strip().lower() in {"inf", "infinity"} else float(v) for v in text.split(",") if v.strip()]
+
+
+# ----------------------------------------------------------------------------- data
+def cmd_synth(args: argparse.Namespace) -> int:
+    from otalign.data.synth import synthesize_corpus
+    summary = synthesize_corpus(args.out, size=args.size, num_utterances=args.num_utterances, seed=args.seed,
+                                jobs=args.jobs)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from otalign.data import asterisk, importers
+    if args.corpus == "asterisk":
+        summary = asterisk.prepare_asterisk(args.out, strict=args.strict)
+    elif args.corpus == "kaldi":
+        summary = importers.import_kaldi(args.src, args.out, strict=args.strict)
+    elif args.corpus == "librispeech":
+        summary = importers.import_librispeech(args.src, args.out, strict=args.strict)
+    elif args.corpus == "aishell":
+        if not args.transcript:
+            raise SystemExit("otalign prepare aishell: --transcript is required")
+        summary = importers.import_aishell(args.transcript, args.src, args.out, strict=args.strict)
+    else:  # argparse restricts choices; kept for clarity
+        raise SystemExit(f"unknown corpus {args.corpus}")
+    print(json.dumps(summary, indent=2, default=str) if isinstance(summary, dict) else summary)
+    return 0
+
+
+# ----------------------------------------------------------------------------- train / decode
+def cmd_train(args: argparse.Namespace) -> int:
+    from otalign.train.config import load_config
+    from otalign.train.trainer import run
+    config = load_config(args.config, args.set)
+    run(config, resume=args.resume)
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from otalign.decode.recipe import decode_manifest
+    for manifest in args.data:
+        report = decode_manifest(args.ckpt, manifest, args.out, method=args.method, beam=args.beam,
+                                 threads=args.threads)
+        print(f"[decode] {manifest}: {report}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- alignment
+def cmd_align(args: argparse.Namespace) -> int:
+    from otalign.align.report import align_command
+    align_command(ckpt=args.ckpt, manifest=args.data, out_dir=args.out, aligners=args.aligners.split(","),
+                  rhos=_floats(args.rho), epsilons=_floats(args.eps), synthetic=args.synthetic,
+                  num_utterances=args.num_utterances)
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench / experiment
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    module = importlib.import_module(f"bench.{args.what}")
+    return module.main(args.rest) or 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from otalign.train.experiment import run_experiment
+    run_experiment(args.config, only=args.only, dry_run=args.dry_run, report_only=args.report_only)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from otalign.train.demo import run_demo
+    return run_demo(args.out, minutes=args.minutes)
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otalign", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="synthesize an English corpus with ground-truth word timings (eSpeak NG)")
+    p.add_argument("--out", required=True, help="output directory (manifests + 16 kHz wavs)")
+    p.add_argument("--size", default="demo", help="preset size: demo | bench (see docs/data.md)")
+    p.add_argument("--num-utterances", type=int, default=None, help="override the preset's training size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("prepare", help="turn an existing corpus into otalign manifests (source never modified)")
+    p.add_argument("corpus", choices=["asterisk", "kaldi", "librispeech", "aishell"])
+    p.add_argument("--src", help="corpus root (kaldi data dir, LibriSpeech split dir, AISHELL wav root)")
+    p.add_argument("--transcript", help="AISHELL transcript file")
+    p.add_argument("--out", required=True, help="output directory (asterisk) or manifest path (importers)")
+    p.add_argument("--strict", action="store_true", help="bad utterances are errors, not counted skips")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a Conformer-CTC model with PLM knowledge transfer")
+    p.add_argument("--config", required=True, help="YAML recipe, e.g. conf/demo.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set transfer.rho_frames=0.5 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest epoch_N.pt in exp_dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("decode", help="CTC decoding and CER/WER scoring")
+    p.add_argument("--ckpt", required=True, help="avg.pt (inference export) or epoch_N.pt")
+    p.add_argument("--data", required=True, nargs="+", help="manifest(s) to decode")
+    p.add_argument("--out", required=True, help="directory for hypotheses, error files and results")
+    p.add_argument("--method", choices=["greedy", "beam"], default="greedy")
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("align", help="alignment-as-detection metrics, heatmaps and precision-recall sweeps")
+    p.add_argument("--ckpt", help="a training checkpoint (epoch_N.pt) whose adapter gives the acoustic states")
+    p.add_argument("--data", help="manifest with ground-truth word spans")
+    p.add_argument("--out", required=True)
+    p.add_argument("--aligners", default="ot,tot,uot,partial")
+    p.add_argument("--rho", default="0.01,0.03,0.1,0.3,1,3,10", help="comma-separated rho_frames values for uot")
+    p.add_argument("--eps", default="0.05", help="comma-separated eps values")
+    p.add_argument("--synthetic", action="store_true", help="the setting that needs no training")
+    p.add_argument("--num-utterances", type=int, default=32)
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("bench", help="benchmarks: solver | data | decode | train")
+    p.add_argument("what", choices=["solver", "data", "decode", "train"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("experiment", help="the grid that tests the paper's claim; resumable")
+    p.add_argument("--config", default="conf/experiment.yaml")
+    p.add_argument("--only", default=None, help="comma-separated run names to run")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and which are done")
+    p.add_argument("--report-only", action="store_true", help="regenerate docs/results.md from results/")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("demo", help="the whole path on the embedded corpus: synth, train (uot), decode, score")
+    p.add_argument("--out", default="exp/demo")
+    p.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as error:
+        print(f"otalign {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

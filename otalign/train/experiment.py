@@ -1,0 +1,172 @@
+"""`otalign experiment`: the grid that tests the paper's claim, resumable stage by stage.
+
+Stages (each idempotent, each skipped when its output exists):
+  1. data      synthesize the bench corpus / prepare the asterisk prompts (``prepare`` section)
+  2. runs      for every benchmark x system x seed: train, decode every test manifest, measure
+               the system's alignment against ground-truth word spans, write one small JSON to
+               ``results_dir/<benchmark>/<system>__seed<k>.json`` (these are committed, so the grid
+               resumes from them on another machine instead of recomputing)
+  3. report    ``docs/results.md`` (+ plots) generated from the JSON files only
+
+The experiment YAML holds ``base`` (a TrainConfig mapping), ``systems`` (name -> overrides),
+``benchmarks`` (name -> overrides, typically data paths) and ``seeds``; a run's config is
+base <- benchmark <- system <- {seed, exp_dir}, validated by the one schema in config.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from otalign.train.config import _from_dict, TrainConfig, to_dict, validate
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_experiment(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"experiment config not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    known = {"name", "results_dir", "exp_root", "seeds", "base", "systems", "benchmarks", "prepare",
+             "report", "alignment_utterances", "keep_checkpoints"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown experiment key(s) {sorted(unknown)} (known: {sorted(known)})")
+    for key in ("systems", "benchmarks", "seeds"):
+        if not spec.get(key):
+            raise ValueError(f"{path}: '{key}' is empty or missing")
+    return spec
+
+
+def run_configs(spec: dict[str, Any]) -> list[tuple[str, str, int, TrainConfig]]:
+    """Every (benchmark, system, seed, config) of the grid, configs validated up front."""
+    runs = []
+    exp_root = Path(spec.get("exp_root", "exp/experiment"))
+    for bench_name, bench in spec["benchmarks"].items():
+        for system, overrides in spec["systems"].items():
+            for seed in spec["seeds"]:
+                raw = _merge(_merge(spec.get("base", {}), bench.get("train", {})), overrides or {})
+                raw["seed"] = seed
+                raw["exp_dir"] = str(exp_root / bench_name / f"{system}__seed{seed}")
+                config = _from_dict(TrainConfig, raw, "")
+                validate(config)
+                runs.append((bench_name, system, seed, config))
+    return runs
+
+
+def result_path(spec: dict[str, Any], bench: str, system: str, seed: int) -> Path:
+    return Path(spec.get("results_dir", "results")) / bench / f"{system}__seed{seed}.json"
+
+
+# ----------------------------------------------------------------------------- stage 1: data
+def prepare_data(spec: dict[str, Any]) -> None:
+    prepare = spec.get("prepare", {}) or {}
+    if "synth" in prepare:
+        out = Path(prepare["synth"]["out"])
+        if not (out / "train.jsonl").exists():
+            from otalign.data.synth import synthesize_corpus
+            options = {k: v for k, v in prepare["synth"].items() if k != "out"}
+            print(f"[experiment] synthesizing {out} ({options})")
+            synthesize_corpus(out, **options)
+    if "asterisk" in prepare:
+        out = Path(prepare["asterisk"]["out"])
+        if not (out / "train.jsonl").exists():
+            from otalign.data.asterisk import prepare_asterisk
+            print(f"[experiment] preparing asterisk prompts into {out}")
+            prepare_asterisk(out)
+
+
+# ----------------------------------------------------------------------------- stage 2: one run
+def run_one(spec: dict[str, Any], bench: str, system: str, seed: int, config: TrainConfig) -> dict[str, Any]:
+    from otalign.data.manifest import read_manifest
+    from otalign.decode.recipe import decode_manifest
+    from otalign.train.checkpoint import rank_checkpoints, read_sidecars
+    from otalign.train.evaluate import alignment_metrics, load_trainable
+    from otalign.train.trainer import git_hash, run
+
+    started = time.time()
+    final = run(config, resume=True)
+    exp_dir = Path(config.exp_dir)
+    sidecars = read_sidecars(exp_dir)
+    tests: dict[str, Any] = {}
+    for name, manifest in config.data.test_manifests.items():
+        report = decode_manifest(final, manifest, exp_dir / "decode", feature_cache_dir=config.data.feature_cache_dir)
+        tests[name] = {"cer": report.cer, "wer": report.wer, "num_utts": report.num_utts}
+    alignment: dict[str, Any] = {}
+    if config.transfer.aligner != "none":
+        trainable, _, cmvn = load_trainable(exp_dir / f"epoch_{rank_checkpoints(exp_dir)[0]['epoch']}.pt")
+        limit = int(spec.get("alignment_utterances", 64))
+        for name, manifest in config.data.test_manifests.items():
+            utterances = [u for u in read_manifest(manifest) if u.words][:limit]
+            if utterances:
+                metrics = alignment_metrics(trainable, config, cmvn, utterances)
+                alignment[name] = {k: metrics[k] for k in ("micro_precision", "micro_token_recall", "micro_f1",
+                                                           "micro_mass_on_nonspeech", "micro_boundary_error_ms")}
+    result = {
+        "benchmark": bench, "system": system, "seed": seed, "git_hash": git_hash(),
+        "aligner": config.transfer.aligner, "rho_frames": config.transfer.rho_frames,
+        "dev_cer": sidecars[-1]["dev_cer"] if sidecars else math.nan,
+        "best_dev_cer": min((m["dev_cer"] for m in sidecars), default=math.nan),
+        "test": tests, "alignment": alignment,
+        "epochs": len(sidecars),
+        "epoch_time_s": statistics.median(m["epoch_time_s"] for m in sidecars) if sidecars else math.nan,
+        "x_real_time": statistics.median(m["x_real_time"] for m in sidecars) if sidecars else math.nan,
+        "wall_s": time.time() - started,
+        "config": to_dict(config),
+    }
+    path = result_path(spec, bench, system, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=_json_default))
+    tmp.replace(path)
+    if not spec.get("keep_checkpoints", True):
+        for ckpt in exp_dir.glob("epoch_*.pt"):
+            ckpt.unlink()
+    return result
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- driver
+def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bool = False,
+                   report_only: bool = False) -> None:
+    spec = load_experiment(config_path)
+    runs = run_configs(spec)
+    wanted = set(only.split(",")) if only else None
+    if not report_only:
+        pending = [(b, s, k, c) for b, s, k, c in runs
+                   if not result_path(spec, b, s, k).exists() and (wanted is None or s in wanted)]
+        print(f"[experiment] {len(runs)} runs in the grid, {len(pending)} to do")
+        for bench, system, seed, _ in pending if dry_run else []:
+            print(f"  todo: {bench}/{system}/seed{seed}")
+        if dry_run:
+            return
+        if pending:
+            prepare_data(spec)
+        for index, (bench, system, seed, config) in enumerate(pending, 1):
+            print(f"[experiment] ({index}/{len(pending)}) {bench}/{system}/seed{seed} -> {config.exp_dir}")
+            run_one(spec, bench, system, seed, config)
+    report = spec.get("report")
+    if report:
+        from otalign.train.report import write_report
+        write_report(spec, Path(report))

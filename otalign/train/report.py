@@ -1,0 +1,136 @@
+"""Generate the results page (markdown + plots) from the per-run JSON files under ``results/``.
+
+Nothing here trains or decodes: the page is a pure function of the committed JSON, so anyone can
+regenerate it (``otalign experiment --report-only``) and check every number against its source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.mean(values) if values else math.nan
+
+
+def load_results(results_dir: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """benchmark -> system -> list of run results (one per seed)."""
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(results_dir.glob("*/*.json")):
+        result = json.loads(path.read_text())
+        grouped[result["benchmark"]][result["system"]].append(result)
+    return grouped
+
+
+def _rho(result: dict[str, Any]) -> float:
+    value = result.get("rho_frames")
+    return math.inf if value in ("inf", None) else float(value)
+
+
+def benchmark_table(systems: dict[str, list[dict[str, Any]]], order: list[str]) -> list[str]:
+    test_names = sorted({name for runs in systems.values() for r in runs for name in r["test"]})
+    baseline = {name: _mean([r["test"][name]["cer"] for r in systems.get("ctc", []) if name in r["test"]])
+                for name in test_names}
+    header = ["system", "seeds", "dev CER %"]
+    for name in test_names:
+        header += [f"{name} CER %", f"{name} WER %", f"{name} rel. CER vs ctc"]
+    header += ["align P", "align R", "epoch s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for system in [s for s in order if s in systems]:
+        runs = systems[system]
+        row = [system, str(len(runs)), _mean_std([r["best_dev_cer"] for r in runs])]
+        for name in test_names:
+            cers = [r["test"][name]["cer"] for r in runs if name in r["test"]]
+            row.append(_mean_std(cers))
+            row.append(_mean_std([r["test"][name]["wer"] for r in runs if name in r["test"]]))
+            base = baseline[name]
+            rel = (_mean(cers) - base) / base if base and not math.isnan(base) else math.nan
+            row.append("–" if math.isnan(rel) else f"{100 * rel:+.1f}%")
+        first = test_names[0] if test_names else None
+        aligned = [r["alignment"].get(first, {}) for r in runs if r.get("alignment")]
+        row.append(f"{_mean([a.get('micro_precision', math.nan) for a in aligned]):.2f}" if aligned else "–")
+        row.append(f"{_mean([a.get('micro_token_recall', math.nan) for a in aligned]):.2f}" if aligned else "–")
+        row.append(f"{_mean([r['epoch_time_s'] for r in runs]):.0f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def plot_rho(systems: dict[str, list[dict[str, Any]]], out_png: Path, title: str) -> bool:
+    """CER and alignment precision/recall against rho for the uot systems; False if < 2 rho values."""
+    uot = [r for runs in systems.values() for r in runs if r["aligner"] == "uot"]
+    rhos = sorted({_rho(r) for r in uot})
+    if len(rhos) < 2:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_cer, ax_pr) = plt.subplots(1, 2, figsize=(10, 4))
+    test_names = sorted({name for r in uot for name in r["test"]})
+    for name in test_names:
+        means = [_mean([r["test"][name]["cer"] for r in uot if _rho(r) == rho and name in r["test"]]) for rho in rhos]
+        ax_cer.plot(rhos, [100 * m for m in means], marker="o", label=f"uot, {name}")
+        base = _mean([r["test"][name]["cer"] for r in systems.get("ctc", []) if name in r["test"]])
+        if not math.isnan(base):
+            ax_cer.axhline(100 * base, linestyle="--", linewidth=1, label=f"plain CTC, {name}")
+    ax_cer.set_xscale("log")
+    ax_cer.set_xlabel("rho_frames (degree of matching)")
+    ax_cer.set_ylabel("CER %")
+    ax_cer.legend(fontsize=7)
+    first = test_names[0] if test_names else None
+    for key, label in (("micro_precision", "precision"), ("micro_token_recall", "token recall")):
+        ax_pr.plot(rhos, [_mean([r["alignment"].get(first, {}).get(key, math.nan) for r in uot if _rho(r) == rho])
+                          for rho in rhos], marker="o", label=label)
+    ax_pr.set_xscale("log")
+    ax_pr.set_xlabel("rho_frames")
+    ax_pr.set_ylabel(f"alignment on {first}")
+    ax_pr.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(spec: dict[str, Any], out_md: Path) -> None:
+    results_dir = Path(spec.get("results_dir", "results"))
+    grouped = load_results(results_dir)
+    order = list(spec["systems"])
+    lines = [f"# Results: {spec.get('name', 'experiment')}", "",
+             f"Generated by `otalign experiment --report-only` from `{results_dir}/`; every number below is "
+             "read from those JSON files (one per run). CER/WER in %, mean ± std over seeds; "
+             "'rel. CER vs ctc' compares mean CERs; alignment precision (P) and token recall (R) are "
+             "measured with each system's own aligner against ground-truth word spans on the first test set.", ""]
+    for bench in spec["benchmarks"]:
+        systems = grouped.get(bench, {})
+        done = sum(len(v) for v in systems.values())
+        total = len(spec["systems"]) * len(spec["seeds"])
+        lines += [f"## Benchmark `{bench}` ({done}/{total} runs finished)", ""]
+        if not systems:
+            lines += ["No finished run yet.", ""]
+            continue
+        lines += benchmark_table(systems, order) + [""]
+        png = out_md.parent / "img" / "results" / f"{bench}_rho.png"
+        if plot_rho(systems, png, f"{bench}: CER and alignment against rho"):
+            lines += [f"![CER and precision/recall against rho]({png.relative_to(out_md.parent).as_posix()})", ""]
+    discussion = Path(spec.get("discussion", out_md.parent / "results_discussion.md"))
+    if discussion.exists():
+        lines += [discussion.read_text()]
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(lines) + "\n")
+    print(f"[report] wrote {out_md}")

@@ -1,0 +1,385 @@
+"""Training recipe: Conformer-CTC plus PLM knowledge transfer through a frame-to-token aligner.
+
+Read top to bottom, as in icefall: distributed set-up -> data -> model -> checkpoints ->
+compute_loss -> validate -> train_one_epoch -> run. The same ``run`` serves one process or many
+(``torchrun --nproc_per_node=K -m otalign.cli train ...``: gloo on CPU, nccl on GPU).
+
+    L = L_CTC + lambda * L_KT (+ aligner auxiliary losses, e.g. CIF's quantity loss)
+
+The PLM never runs inside the loop: token states are computed once into an on-disk cache.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from otalign.align.transfer import KnowledgeTransfer
+from otalign.data.dataset import BucketBatchSampler, SpeechDataset, collate
+from otalign.data.features import GlobalCMVN
+from otalign.data.manifest import read_manifest
+from otalign.decode.scoring import score
+from otalign.decode.search import ctc_greedy
+from otalign.models.asr import CTCModel
+from otalign.text.cache import TeacherCache
+from otalign.text.teacher import PLMTeacher
+from otalign.text.tokenizer import CharTokenizer
+from otalign.train.checkpoint import (average_checkpoints, latest_checkpoint, rank_checkpoints,
+                                      save_checkpoint)
+from otalign.train.config import TrainConfig, save_config, to_dict
+
+
+# ----------------------------------------------------------------------------- distributed set-up
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> DistInfo:
+    """Join the process group that torchrun describes in the environment; single process otherwise."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistInfo(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank, world, local_rank, device)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def git_hash() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- model
+class Trainable(nn.Module):
+    """The CTC model plus, during training only, the adapter+aligner of the knowledge transfer."""
+
+    def __init__(self, asr: CTCModel, transfer: KnowledgeTransfer | None):
+        super().__init__()
+        self.asr = asr
+        self.transfer = transfer
+
+    def forward(self, feats, feat_lengths, targets, target_lengths, plm_states=None, plm_mask=None):
+        out = self.asr(feats, feat_lengths)
+        ctc_per_utt, ctc_valid = self.asr.ctc_loss(out.log_probs, out.out_lengths, targets, target_lengths)
+        zero = out.log_probs.new_zeros(())
+        ctc = ctc_per_utt[ctc_valid].sum() / ctc_valid.sum().clamp(min=1)
+        kt, aux = zero, zero
+        if self.transfer is not None and plm_states is not None:
+            transferred = self.transfer(out.states, out.mask, plm_states, plm_mask)
+            kt, aux = transferred.kt_loss, transferred.aux_loss
+        return {"ctc": ctc, "kt": kt, "aux": aux, "ctc_invalid": (~ctc_valid).sum()}
+
+
+def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None) -> Trainable:
+    asr = CTCModel(vocab_size, preset=config.model.preset, dropout=config.model.dropout, **config.model.overrides)
+    transfer = None
+    t = config.transfer
+    if t.aligner != "none":
+        if plm_width is None:
+            raise ValueError("a PLM width is needed for transfer.aligner != 'none'")
+        transfer = KnowledgeTransfer(t.aligner, asr.d_model, plm_width, loss=t.loss, eps=t.eps,
+                                     rho_frames=t.rho_frames, partial_mass=t.partial_mass,
+                                     order_weight=t.order_weight, n_iter=t.n_iter, grad=t.grad)
+    return Trainable(asr, transfer)
+
+
+# ----------------------------------------------------------------------------- data
+def load_manifests(paths: list[str], strict: bool) -> list:
+    utterances = []
+    for path in paths:
+        utterances.extend(read_manifest(path, strict=strict))
+    return utterances
+
+
+def make_loader(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train: bool,
+                info: DistInfo, epoch_seed: int) -> tuple[DataLoader, BucketBatchSampler]:
+    dataset = SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir, cmvn=cmvn,
+                            spec_augment=train and config.data.spec_augment,
+                            speed_perturb=train and config.data.speed_perturb, seed=epoch_seed)
+    sampler = BucketBatchSampler([u.duration for u in utterances], max_seconds=config.data.max_batch_seconds,
+                                 shuffle=train, seed=config.seed, num_replicas=info.world_size, rank=info.rank)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0), sampler
+
+
+def encode_targets(tokenizer: CharTokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = [torch.tensor(tokenizer.encode(text), dtype=torch.long) for text in texts]
+    lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)
+    padded = nn.utils.rnn.pad_sequence(ids, batch_first=True) if ids else torch.zeros(0, 0, dtype=torch.long)
+    return padded, lengths
+
+
+# ----------------------------------------------------------------------------- loss and schedule
+def kt_weight(config: TrainConfig, epoch_progress: float) -> float:
+    """lambda, linearly warmed up over ``weight_warmup_epochs`` (epoch_progress counts from 0)."""
+    warm = config.transfer.weight_warmup_epochs
+    scale = 1.0 if warm <= 0 else min(1.0, epoch_progress / warm)
+    return config.transfer.weight * scale
+
+
+def lr_lambda(config: TrainConfig):
+    warmup = max(1, config.optim.warmup_steps)
+
+    def factor(step: int) -> float:
+        step = max(1, step)
+        if step < warmup:
+            return step / warmup
+        return math.sqrt(warmup / step) if config.optim.schedule == "noam" else 1.0
+    return factor
+
+
+def compute_loss(trainable: nn.Module, batch: dict, tokenizer: CharTokenizer, teacher: TeacherCache | None,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    targets, target_lengths = encode_targets(tokenizer, batch["texts"])
+    plm_states = plm_mask = None
+    if teacher is not None:
+        out = teacher.get(batch["texts"])
+        plm_states, plm_mask = out.states.to(device).float(), out.mask.to(device)
+    return trainable(batch["feats"].to(device), batch["feat_lengths"].to(device), targets.to(device),
+                     target_lengths.to(device), plm_states, plm_mask)
+
+
+@torch.no_grad()
+def validate(trainable: Trainable, loader: DataLoader, tokenizer: CharTokenizer, device: torch.device,
+             info: DistInfo) -> dict[str, float]:
+    """Dev CTC loss and greedy CER (computed on each rank's shard, reduced across ranks)."""
+    trainable.eval()
+    loss_sum, count = 0.0, 0
+    refs, hyps = {}, {}
+    for batch in loader:
+        targets, target_lengths = encode_targets(tokenizer, batch["texts"])
+        out = trainable.asr(batch["feats"].to(device), batch["feat_lengths"].to(device))
+        per_utt, valid = trainable.asr.ctc_loss(out.log_probs, out.out_lengths, targets.to(device),
+                                                target_lengths.to(device))
+        loss_sum += per_utt[valid].sum().item()
+        count += int(valid.sum())
+        for uid, text, ids in zip(batch["ids"], batch["texts"], ctc_greedy(out.log_probs, out.out_lengths)):
+            refs[uid], hyps[uid] = text, tokenizer.decode(ids)
+    trainable.train()
+    report = score(refs, hyps)
+    totals = torch.tensor([loss_sum, count, report.cer * max(report.ref_chars, 1), report.ref_chars],
+                          dtype=torch.float64)
+    if info.world_size > 1:
+        dist.all_reduce(totals)
+    return {"dev_loss": totals[0].item() / max(totals[1].item(), 1),
+            "dev_cer": totals[2].item() / max(totals[3].item(), 1)}
+
+
+# ----------------------------------------------------------------------------- one epoch
+@dataclass
+class EpochState:
+    epoch: int = 1
+    step: int = 0
+    bad_batches: int = 0
+
+
+def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, optimizer, scheduler,
+                    tokenizer: CharTokenizer, teacher: TeacherCache | None, config: TrainConfig,
+                    state: EpochState, info: DistInfo, writer) -> dict[str, float]:
+    model.train()
+    totals = {"loss": 0.0, "ctc": 0.0, "kt": 0.0, "aux": 0.0, "batches": 0, "audio_s": 0.0,
+              "ctc_invalid": 0, "bad_batches": 0}
+    start = time.time()
+    progress = tqdm(loader, desc=f"epoch {state.epoch}", disable=not info.is_main, dynamic_ncols=True)
+    num_batches = max(1, len(loader))
+    for index, batch in enumerate(progress):
+        weight = kt_weight(config, state.epoch - 1 + index / num_batches)
+        losses = compute_loss(model, batch, tokenizer, teacher, info.device)
+        loss = losses["ctc"] + weight * losses["kt"] + losses["aux"]
+        # Every rank must take the same decision, or DDP's gradient all-reduce would hang.
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
+        if info.world_size > 1:
+            dist.all_reduce(bad)
+        if bad.item() > 0:
+            state.bad_batches += 1
+            totals["bad_batches"] += 1
+            optimizer.zero_grad(set_to_none=True)
+            if info.is_main:
+                tqdm.write(f"[train] skipped batch {index} of epoch {state.epoch}: non-finite loss "
+                           f"({state.bad_batches}/{config.optim.max_bad_batches} allowed)")
+            if state.bad_batches >= config.optim.max_bad_batches:
+                raise RuntimeError(f"training aborted: {state.bad_batches} batches had a NaN/Inf loss "
+                                   f"(optim.max_bad_batches={config.optim.max_bad_batches}); lower optim.lr "
+                                   f"or check the data")
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        state.step += 1
+        totals["loss"] += loss.item()
+        for key in ("ctc", "kt", "aux"):
+            totals[key] += float(losses[key])
+        totals["ctc_invalid"] += int(losses["ctc_invalid"])
+        totals["batches"] += 1
+        totals["audio_s"] += float(batch["durations"].sum())
+        speed = totals["audio_s"] / max(time.time() - start, 1e-9) * info.world_size
+        progress.set_postfix(loss=f"{loss.item():.3f}", kt=f"{float(losses['kt']):.3f}", xRT=f"{speed:.0f}")
+        if writer is not None and state.step % config.log_every == 0:
+            writer.add_scalar("train/loss", loss.item(), state.step)
+            writer.add_scalar("train/ctc", float(losses["ctc"]), state.step)
+            writer.add_scalar("train/kt", float(losses["kt"]), state.step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state.step)
+    batches = max(1, totals["batches"])
+    elapsed = time.time() - start
+    return {"train_loss": totals["loss"] / batches, "train_ctc": totals["ctc"] / batches,
+            "train_kt": totals["kt"] / batches, "train_aux": totals["aux"] / batches,
+            "epoch_time_s": elapsed, "audio_s": totals["audio_s"] * info.world_size,
+            "x_real_time": totals["audio_s"] * info.world_size / max(elapsed, 1e-9),
+            "ctc_impossible_skipped": totals["ctc_invalid"], "nan_batches_skipped": totals["bad_batches"]}
+
+
+# ----------------------------------------------------------------------------- the whole run
+def run(config: TrainConfig, resume: bool = False) -> Path:
+    """Train as configured; return the path of the averaged inference checkpoint (``avg.pt``)."""
+    info = setup_distributed()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed + info.rank)
+    exp_dir = Path(config.exp_dir)
+    if info.is_main:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, exp_dir / "config.yaml")
+
+    tokenizer = CharTokenizer()
+    train_utts = load_manifests(config.data.train_manifests, config.data.strict)
+    dev_utts = load_manifests([config.data.dev_manifest], config.data.strict)
+
+    cmvn = None
+    if config.data.cmvn:
+        cmvn_path = exp_dir / "cmvn.json"
+        if info.is_main and not cmvn_path.exists():
+            GlobalCMVN.from_utterances(train_utts, cache_dir=config.data.feature_cache_dir).save(cmvn_path)
+        barrier(info)
+        cmvn = GlobalCMVN.load(cmvn_path)
+
+    teacher = None
+    plm_width = None
+    if config.transfer.aligner != "none":
+        plm = PLMTeacher(config.teacher.model_dir, layer=config.teacher.layer)
+        teacher = TeacherCache(config.teacher.cache_dir, plm)
+        plm_width = plm.width
+        if info.is_main:
+            teacher.precompute([u.text for u in train_utts], progress=True)
+        barrier(info)
+
+    trainable = build_trainable(config, tokenizer.vocab_size, plm_width).to(info.device)
+    model: nn.Module = trainable
+    if info.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    state = EpochState()
+
+    latest = latest_checkpoint(exp_dir) if resume else None
+    if latest is not None:
+        ckpt = torch.load(latest, map_location=info.device, weights_only=False)
+        trainable.load_state_dict(ckpt["trainable"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = EpochState(epoch=ckpt["epoch"] + 1, step=ckpt["step"], bad_batches=ckpt.get("bad_batches", 0))
+        if info.is_main:
+            print(f"[train] resumed from {latest} (continuing at epoch {state.epoch})")
+
+    writer = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(exp_dir / "tensorboard"))
+        n_params = sum(p.numel() for p in trainable.asr.parameters())
+        print(f"[train] {n_params / 1e6:.2f}M ASR parameters, aligner={config.transfer.aligner}, "
+              f"{len(train_utts)} train / {len(dev_utts)} dev utterances, world_size={info.world_size}")
+
+    dev_loader, _ = make_loader(dev_utts, config, cmvn, train=False, info=info, epoch_seed=config.seed)
+    while state.epoch <= config.optim.epochs:
+        torch.manual_seed(config.seed * 1000 + state.epoch + info.rank)
+        train_loader, sampler = make_loader(train_utts, config, cmvn, train=True, info=info,
+                                            epoch_seed=config.seed * 1000 + state.epoch + 7919 * info.rank)
+        sampler.set_epoch(state.epoch)
+        metrics = train_one_epoch(model, trainable, train_loader, optimizer, scheduler, tokenizer, teacher,
+                                  config, state, info, writer)
+        metrics.update(validate(trainable, dev_loader, tokenizer, info.device, info))
+        metrics["step"] = state.step
+        if info.is_main:
+            checkpoint = {"trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "epoch": state.epoch, "step": state.step,
+                          "bad_batches": state.bad_batches, "config": to_dict(config),
+                          "tokenizer": tokenizer.to_dict(), "cmvn": cmvn.to_dict() if cmvn else None,
+                          "git_hash": git_hash()}
+            save_checkpoint(exp_dir, state.epoch, checkpoint, metrics, keep=config.keep_checkpoints)
+            for key in ("train_loss", "train_kt", "dev_loss", "dev_cer", "x_real_time"):
+                writer.add_scalar(f"epoch/{key}", metrics[key], state.epoch)
+            print(f"[train] epoch {state.epoch}: " + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        barrier(info)
+        state.epoch += 1
+
+    final = exp_dir / "avg.pt"
+    if info.is_main:
+        best = rank_checkpoints(exp_dir)[: max(1, config.average_best)]
+        paths = [exp_dir / f"epoch_{m['epoch']}.pt" for m in best]
+        averaged = average_checkpoints(paths, key="trainable")
+        asr_weights = {k[len("asr."):]: v for k, v in averaged.items() if k.startswith("asr.")}
+        export = {"model": asr_weights, "model_config": {"vocab_size": tokenizer.vocab_size,
+                                                         "preset": config.model.preset,
+                                                         "dropout": config.model.dropout,
+                                                         **config.model.overrides},
+                  "tokenizer": tokenizer.to_dict(), "cmvn": cmvn.to_dict() if cmvn else None,
+                  "averaged_epochs": [m["epoch"] for m in best], "config": to_dict(config),
+                  "git_hash": git_hash()}
+        tmp = final.with_name("avg.pt.tmp")
+        torch.save(export, tmp)
+        os.replace(tmp, final)
+        (exp_dir / "avg.json").write_text(json.dumps({"averaged_epochs": export["averaged_epochs"]}))
+        writer.close()
+        print(f"[train] averaged epochs {export['averaged_epochs']} -> {final}")
+    barrier(info)
+    if info.world_size > 1:
+        dist.destroy_process_group()
+    return final
+
+
+def describe(config: TrainConfig) -> dict[str, Any]:
+    return {"config": to_dict(config), "git_hash": git_hash()}

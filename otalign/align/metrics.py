@@ -169,6 +169,8 @@ def _as_spans(items: Iterable) -> list[tuple[float, float]]:
     for item in items:
         if isinstance(item, Mapping):
             spans.append((float(item["start"]), float(item["end"])))
+        elif hasattr(item, "start") and hasattr(item, "end"):  # otalign.data WordSpan
+            spans.append((float(item.start), float(item.end)))
         else:
             spans.append((float(item[0]), float(item[1])))
     return spans
@@ -188,8 +190,8 @@ def utterance_metrics(
     Args:
         plan: (T, N) non-negative array or tensor, valid frames x valid tokens (no padding).
         word_index: (N,) whitespace-word index of each token (wordpiece -> word mapping).
-        word_spans: one entry per word: ``(start_s, end_s)`` or a manifest dict with ``start``
-            and ``end`` in seconds.
+        word_spans: one entry per word: ``(start_s, end_s)``, a manifest dict with ``start``
+            and ``end`` in seconds, or an ``otalign.data`` ``WordSpan``.
         nonspeech: annotated nonspeech spans: dicts ``{kind, start, end}`` (manifest form) or
             ``(kind, start_s, end_s)`` tuples; ``kind`` is ``silence`` or ``noise``.
         frame_s: encoder frame length in seconds.
@@ -240,6 +242,9 @@ def utterance_metrics(
         if isinstance(item, Mapping):
             ns_kinds.append(str(item.get("kind", "silence")))
             ns_spans.append((float(item["start"]), float(item["end"])))
+        elif hasattr(item, "kind"):  # otalign.data NonSpeechSpan
+            ns_kinds.append(str(item.kind))
+            ns_spans.append((float(item.start), float(item.end)))
         else:
             kind, start_s, end_s = item
             ns_kinds.append(str(kind))

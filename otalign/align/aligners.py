@@ -1,0 +1,392 @@
+"""Frame-to-token aligners behind one interface.
+
+Every aligner maps (already adapted) acoustic states to one acoustic vector per PLM token::
+
+    aligner(enc_states (B,T,D), enc_mask (B,T), plm_states (B,N,D), plm_mask (B,N))
+        -> AlignOutput(aligned (B,N,D), plan (B,T,N) or None, aux_losses {name: scalar})
+
+``enc_states`` are the encoder states *after* the adapter (width D = the PLM width; the
+:class:`~otalign.align.transfer.KnowledgeTransfer` module applies the adapter). Rows of a plan are
+frames, columns tokens, and a plan is exactly zero on padding.
+
+Aligners (:func:`build_aligner` names):
+
+- ``none``: no alignment (plain CTC). Returns zeros and no plan; KnowledgeTransfer skips it.
+- ``ot``: balanced entropic OT (OT-CAKT), ``rho_rows = rho_cols = inf``.
+- ``tot``: balanced OT plus the temporal-order prior ``order_weight * |i/T - j/N|`` (TOT-CAKT).
+- ``uot``: the paper's semi-relaxed UOT: tokens hard (``rho_cols = inf``, so every token receives
+  exactly its mass ``b_j = 1/N``), frames KL-relaxed with ``rho_frames`` (small rho = frames may
+  shed mass = silence/noise stays unmatched; rho -> inf recovers ``ot``).
+- ``partial``: partial OT moving total mass ``partial_mass`` (m <= 1, P1 <= a, P^T 1 <= b).
+- ``attention``: N positional queries cross-attend to the frames (Deng et al. 2022).
+- ``cif``: continuous integrate-and-fire with a quantity loss (Dong & Xu 2020; Deng et al. 2022).
+
+OT aligners use the cosine cost ``C_ij = 1 - cos(h_i, z_j)`` and pool the frames with the plan::
+
+    aligned_j = sum_i P_ij h_i / sum_i P_ij
+
+The division is guarded: a token whose column mass is below ``min_token_mass`` (only possible
+under ``partial``, or on padding) gets the zero vector and no gradient through the ratio.
+
+Gradients: by default they flow through both ``h`` in the pooling and the plan ``P(C(h))``
+(``grad="unrolled"`` back-propagates through every solver iteration, ``grad="last_step"`` only
+through the last one, which is cheaper and, at convergence, the envelope-theorem gradient).
+``detach_plan=True`` treats the plan as a constant weighting (gradients reach ``h`` only through
+the pooling); that is the cheapest and the most stable option, at the price of not teaching the
+encoder to make the alignment itself sharper.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+__all__ = [
+    "AlignOutput",
+    "Aligner",
+    "NoAligner",
+    "OTAligner",
+    "AttentionAligner",
+    "CIFAligner",
+    "ALIGNER_NAMES",
+    "OT_ALIGNER_NAMES",
+    "build_aligner",
+    "pool_with_plan",
+]
+
+ALIGNER_NAMES = ("none", "ot", "tot", "uot", "partial", "attention", "cif")
+OT_ALIGNER_NAMES = ("ot", "tot", "uot", "partial")
+
+
+class AlignOutput(NamedTuple):
+    """What every aligner returns.
+
+    Attributes:
+        aligned: (B, N, D) one acoustic vector per token; zero on padded tokens.
+        plan: (B, T, N) frame-to-token weights (OT plan, attention weights, CIF firing weights),
+            zero on padding; ``None`` for ``none``.
+        aux_losses: named scalar losses the aligner wants added to the training loss
+            (``cif``: ``quantity``); empty for the others.
+    """
+
+    aligned: Tensor
+    plan: Tensor | None
+    aux_losses: dict[str, Tensor]
+
+
+def _check_inputs(enc_states: Tensor, enc_mask: Tensor, plm_states: Tensor, plm_mask: Tensor) -> None:
+    if enc_states.dim() != 3 or plm_states.dim() != 3:
+        raise ValueError(
+            f"enc_states and plm_states must be (B,T,D) and (B,N,D); got {tuple(enc_states.shape)}, "
+            f"{tuple(plm_states.shape)}"
+        )
+    if enc_states.shape[0] != plm_states.shape[0] or enc_states.shape[2] != plm_states.shape[2]:
+        raise ValueError(
+            f"enc_states {tuple(enc_states.shape)} and plm_states {tuple(plm_states.shape)} must share "
+            "batch size and width (apply the adapter first)"
+        )
+    if enc_mask.shape != enc_states.shape[:2] or enc_mask.dtype != torch.bool:
+        raise ValueError(f"enc_mask must be a bool (B,T) tensor, got {enc_mask.dtype} {tuple(enc_mask.shape)}")
+    if plm_mask.shape != plm_states.shape[:2] or plm_mask.dtype != torch.bool:
+        raise ValueError(f"plm_mask must be a bool (B,N) tensor, got {plm_mask.dtype} {tuple(plm_mask.shape)}")
+
+
+def pool_with_plan(plan: Tensor, enc_states: Tensor, min_token_mass: float = 1e-8) -> Tensor:
+    """aligned_j = sum_i P_ij h_i / sum_i P_ij; zero (and gradient-free ratio) where the mass is tiny."""
+    token_mass = plan.sum(dim=1)  # (B, N)
+    pooled = plan.transpose(1, 2) @ enc_states  # (B, N, D)
+    has_mass = token_mass > min_token_mass
+    # where() on a safe denominator: the discarded branch must not produce inf/NaN gradients
+    safe_mass = torch.where(has_mass, token_mass, torch.ones_like(token_mass))
+    return torch.where(has_mass[..., None], pooled / safe_mass[..., None], torch.zeros_like(pooled))
+
+
+class Aligner(nn.Module):
+    """Base class: subclasses implement ``forward`` with the module-level interface."""
+
+    name = "base"
+    has_plan = True
+
+    def forward(self, enc_states: Tensor, enc_mask: Tensor, plm_states: Tensor, plm_mask: Tensor) -> AlignOutput:
+        raise NotImplementedError
+
+
+class NoAligner(Aligner):
+    """``none``: plain CTC. Returns zero vectors and no plan (KnowledgeTransfer skips the loss)."""
+
+    name = "none"
+    has_plan = False
+
+    def forward(self, enc_states, enc_mask, plm_states, plm_mask) -> AlignOutput:
+        return AlignOutput(torch.zeros_like(plm_states), None, {})
+
+
+class OTAligner(Aligner):
+    """``ot`` / ``tot`` / ``uot`` / ``partial``: entropic OT on the cosine cost, solved by ``otalign.ot.solve``.
+
+    Args:
+        kind: one of ``ot``, ``tot``, ``uot``, ``partial``.
+        eps: entropic regularisation (cost units; the cosine cost lies in [0, 2]).
+        n_iter: solver iterations (``max_iter``).
+        rho_frames: KL weight on the frame marginal for ``uot`` (ignored otherwise).
+        partial_mass: total mass m in (0, 1] for ``partial``.
+        order_weight: weight of the temporal-order cost for ``tot`` (``ot.temporal_order_cost``).
+        grad: ``unrolled`` or ``last_step`` (how the solver differentiates).
+        detach_plan: stop gradients through the plan (pooling still differentiates w.r.t. h).
+        tol: optional early-stopping tolerance passed to the solver.
+        min_token_mass: tokens with less column mass get a zero aligned vector.
+    """
+
+    def __init__(
+        self,
+        kind: str = "uot",
+        eps: float = 0.1,
+        n_iter: int = 100,
+        rho_frames: float = 1.0,
+        partial_mass: float = 0.7,
+        order_weight: float = 1.0,
+        grad: str = "unrolled",
+        detach_plan: bool = False,
+        tol: float | None = None,
+        min_token_mass: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        if kind not in OT_ALIGNER_NAMES:
+            raise ValueError(f"kind must be one of {OT_ALIGNER_NAMES}, got {kind!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if n_iter < 1:
+            raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+        if kind == "uot" and not rho_frames > 0:
+            raise ValueError(f"rho_frames must be > 0 (inf = balanced), got {rho_frames}")
+        if kind == "partial" and not 0 < partial_mass <= 1:
+            raise ValueError(f"partial_mass must be in (0, 1], got {partial_mass}")
+        if kind == "tot" and not order_weight >= 0:
+            raise ValueError(f"order_weight must be >= 0, got {order_weight}")
+        if grad not in ("unrolled", "last_step"):
+            raise ValueError(f"grad must be 'unrolled' or 'last_step', got {grad!r}")
+        self.kind, self.name = kind, kind
+        self.eps, self.n_iter, self.grad, self.tol = float(eps), int(n_iter), grad, tol
+        self.rho_frames = float(rho_frames)
+        self.partial_mass = float(partial_mass)
+        self.order_weight = float(order_weight)
+        self.detach_plan = detach_plan
+        self.min_token_mass = min_token_mass
+
+    def extra_repr(self) -> str:
+        extra = {"uot": f", rho_frames={self.rho_frames}", "partial": f", partial_mass={self.partial_mass}",
+                 "tot": f", order_weight={self.order_weight}"}.get(self.kind, "")
+        return f"kind={self.kind}, eps={self.eps}, n_iter={self.n_iter}, grad={self.grad}{extra}"
+
+    def solver_options(self) -> dict:
+        """Keyword arguments of ``otalign.ot.solve`` for this aligner (besides cost and masks)."""
+        options = dict(eps=self.eps, max_iter=self.n_iter, tol=self.tol, grad=self.grad)
+        if self.kind == "uot":
+            options.update(rho_rows=self.rho_frames, rho_cols=math.inf)
+        elif self.kind == "partial":
+            options.update(partial_mass=self.partial_mass)
+        elif self.kind == "tot":
+            options.update(order_weight=self.order_weight)
+        return options
+
+    def transport_plan(self, enc_states: Tensor, enc_mask: Tensor, plm_states: Tensor, plm_mask: Tensor) -> Tensor:
+        """The (B, T, N) plan for the cosine cost between frames and tokens."""
+        from otalign.ot import cosine_cost, solve
+
+        cost = cosine_cost(enc_states, plm_states)
+        # the solver rejects items without a valid frame or token (an empty transcript): solve the
+        # others and give those an all-zero plan
+        solvable = enc_mask.any(dim=1) & plm_mask.any(dim=1)
+        if bool(solvable.all()):
+            plan = solve(cost, enc_mask, plm_mask, **self.solver_options()).plan
+        else:
+            plan = cost.new_zeros(cost.shape)
+            if bool(solvable.any()):
+                index = solvable.nonzero().squeeze(1)
+                sub = solve(cost[index], enc_mask[index], plm_mask[index], **self.solver_options()).plan
+                plan = plan.index_put((index,), sub)
+        # the solver zeroes padding already; the mask keeps that true whatever it returns
+        return plan * (enc_mask[:, :, None] & plm_mask[:, None, :]).to(plan.dtype)
+
+    def forward(self, enc_states, enc_mask, plm_states, plm_mask) -> AlignOutput:
+        _check_inputs(enc_states, enc_mask, plm_states, plm_mask)
+        plan = self.transport_plan(enc_states, enc_mask, plm_states, plm_mask)
+        weights = plan.detach() if self.detach_plan else plan
+        return AlignOutput(pool_with_plan(weights, enc_states, self.min_token_mass), plan, {})
+
+
+def sinusoidal_positions(num_positions: int, dim: int, device=None, dtype=torch.float32) -> Tensor:
+    """(num_positions, dim) Transformer sinusoidal encodings (Vaswani et al. 2017)."""
+    position = torch.arange(num_positions, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(num_positions, dim, device=device, dtype=torch.float32)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table.to(dtype)
+
+
+class AttentionAligner(Aligner):
+    """``attention`` (Deng et al. 2022): N positional queries cross-attend to the frames.
+
+    The query of token j is a position embedding ``q_j`` (``queries="learned"``: a trained table of
+    ``max_tokens`` rows, optionally initialised from the PLM's own position-embedding table via
+    ``query_init``; ``"sinusoidal"``: fixed encodings passed through a trained linear map). Then
+    ``aligned_j = MultiheadAttention(q_j, keys=h, values=h)`` with the padded frames masked out.
+    The attention weights (averaged over heads), transposed to (B, T, N), are the "plan": each
+    valid token's column sums to 1.
+
+    The queries see only positions, never the PLM states themselves: the target of the transfer
+    loss must not leak into its input.
+    """
+
+    name = "attention"
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 4,
+        queries: str = "learned",
+        max_tokens: int = 512,
+        query_init: Tensor | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if queries not in ("learned", "sinusoidal"):
+            raise ValueError(f"queries must be 'learned' or 'sinusoidal', got {queries!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.queries, self.max_tokens = queries, max_tokens
+        if queries == "learned":
+            self.query_table = nn.Embedding(max_tokens, dim)
+            nn.init.normal_(self.query_table.weight, std=dim**-0.5)
+            if query_init is not None:
+                if query_init.dim() != 2 or query_init.shape[1] != dim:
+                    raise ValueError(f"query_init must be (P, {dim}), got {tuple(query_init.shape)}")
+                rows = min(max_tokens, query_init.shape[0])
+                with torch.no_grad():
+                    self.query_table.weight[:rows] = query_init[:rows]
+        else:
+            self.register_buffer("query_table_fixed", sinusoidal_positions(max_tokens, dim), persistent=False)
+            self.query_proj = nn.Linear(dim, dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+
+    def forward(self, enc_states, enc_mask, plm_states, plm_mask) -> AlignOutput:
+        _check_inputs(enc_states, enc_mask, plm_states, plm_mask)
+        batch, num_tokens, _ = plm_states.shape
+        if num_tokens > self.max_tokens:
+            raise ValueError(f"{num_tokens} tokens exceed max_tokens={self.max_tokens} of the attention aligner")
+        if self.queries == "learned":
+            query = self.query_table.weight[:num_tokens]
+        else:
+            query = self.query_proj(self.query_table_fixed[:num_tokens].to(enc_states.dtype))
+        query = query[None].expand(batch, -1, -1)
+        # an utterance without frames would make every softmax 0/0: let it attend to frame 0
+        # (its outputs are then masked), so no NaN reaches the shared parameters
+        key_padding = ~enc_mask
+        empty = ~enc_mask.any(dim=1)
+        if empty.any():
+            key_padding = key_padding.clone()
+            key_padding[empty, 0] = False
+        aligned, weights = self.attn(query, enc_states, enc_states, key_padding_mask=key_padding,
+                                     need_weights=True, average_attn_weights=True)
+        valid = plm_mask & ~empty[:, None]
+        aligned = aligned * valid[..., None].to(aligned.dtype)
+        plan = weights.transpose(1, 2) * (enc_mask[:, :, None] & valid[:, None, :]).to(weights.dtype)
+        return AlignOutput(aligned, plan, {})
+
+
+class CIFAligner(Aligner):
+    """``cif``: continuous integrate-and-fire (Dong & Xu 2020), as used by Deng et al. 2022.
+
+    A weight predictor ``alpha_t = sigmoid(Linear(ReLU(Conv1d(h))_t))`` gives each frame a
+    firing weight in (0, 1). Token j integrates the frames whose cumulated weight crosses the
+    interval [j, j+1): with ``c_t = sum_{s<=t} alpha_s``,
+
+        W_tj = max(0, min(c_t, j + 1) - max(c_{t-1}, j))        (the part of alpha_t given to j)
+        aligned_j = sum_t W_tj h_t / sum_t W_tj
+
+    which is exactly integrate-and-fire with the boundary frame split between the two tokens it
+    straddles, written in closed form (vectorised, differentiable). ``W`` (B, T, N) is the plan.
+
+    In training (``scale="train"``, the default) the alphas are rescaled so that
+    ``sum_t alpha_t = N`` (the number of valid tokens): every token fires exactly once and gets
+    total weight 1 (Deng et al.'s teacher forcing). In eval mode the raw alphas are used (tokens
+    past ``sum alpha`` get no weight and a zero vector). The quantity loss
+    ``|sum_t alpha_t - N|`` (raw alphas, mean over the batch) is returned as ``aux_losses["quantity"]``.
+    """
+
+    name = "cif"
+
+    def __init__(self, dim: int, kernel_size: int = 3, scale: str = "train", min_token_mass: float = 1e-8) -> None:
+        super().__init__()
+        if scale not in ("train", "always", "never"):
+            raise ValueError(f"scale must be 'train', 'always' or 'never', got {scale!r}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.conv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)
+        self.proj = nn.Linear(dim, 1)
+        self.scale, self.min_token_mass = scale, min_token_mass
+
+    def firing_weights(self, enc_states: Tensor, enc_mask: Tensor) -> Tensor:
+        """Raw alpha_t in (0, 1), zero on padded frames: (B, T)."""
+        frames = enc_states * enc_mask[..., None].to(enc_states.dtype)  # padding must not leak through the conv
+        hidden = torch.relu(self.conv(frames.transpose(1, 2))).transpose(1, 2)
+        alpha = torch.sigmoid(self.proj(hidden)).squeeze(-1)
+        return alpha * enc_mask.to(alpha.dtype)
+
+    def forward(self, enc_states, enc_mask, plm_states, plm_mask) -> AlignOutput:
+        _check_inputs(enc_states, enc_mask, plm_states, plm_mask)
+        alpha = self.firing_weights(enc_states, enc_mask)
+        num_tokens = plm_mask.sum(dim=1).to(alpha.dtype)  # (B,)
+        alpha_sum = alpha.sum(dim=1)
+        quantity = (alpha_sum - num_tokens).abs().mean()
+        if self.scale == "always" or (self.scale == "train" and self.training):
+            alpha = alpha * (num_tokens / alpha_sum.clamp_min(1e-6))[:, None]
+        cum = alpha.cumsum(dim=1)  # c_t
+        prev = cum - alpha  # c_{t-1}
+        j = torch.arange(plm_states.shape[1], device=alpha.device, dtype=alpha.dtype)
+        upper = torch.minimum(cum[:, :, None], j[None, None, :] + 1)
+        lower = torch.maximum(prev[:, :, None], j[None, None, :])
+        plan = (upper - lower).clamp_min(0.0)
+        plan = plan * (enc_mask[:, :, None] & plm_mask[:, None, :]).to(plan.dtype)
+        aligned = pool_with_plan(plan, enc_states, self.min_token_mass)
+        return AlignOutput(aligned, plan, {"quantity": quantity})
+
+
+_OT_KEYS = ("eps", "n_iter", "rho_frames", "partial_mass", "order_weight", "grad", "detach_plan", "tol",
+            "min_token_mass")
+_ATTENTION_KEYS = ("num_heads", "queries", "max_tokens", "query_init", "dropout")
+_CIF_KEYS = ("kernel_size", "scale", "min_token_mass")
+
+
+def build_aligner(name: str, dim: int | None = None, **options) -> Aligner:
+    """Build an aligner by name (see the module docstring).
+
+    Args:
+        name: one of :data:`ALIGNER_NAMES`.
+        dim: the state width D (the PLM width); required by ``attention`` and ``cif``, which
+            have parameters.
+        **options: the aligner's own options: ``eps, n_iter, rho_frames, partial_mass,
+            order_weight, grad, detach_plan, tol`` for OT aligners; ``num_heads, queries,
+            max_tokens, query_init, dropout`` for ``attention``; ``kernel_size, scale`` for ``cif``.
+            Options that belong to another aligner are ignored, so one config section can hold them
+            all; an option no aligner knows raises ``ValueError``.
+    """
+    if name not in ALIGNER_NAMES:
+        raise ValueError(f"aligner must be one of {ALIGNER_NAMES}, got {name!r}")
+    unknown = set(options) - set(_OT_KEYS + _ATTENTION_KEYS + _CIF_KEYS)
+    if unknown:
+        raise ValueError(f"unknown aligner option(s) {sorted(unknown)} for {name!r}")
+    if name == "none":
+        return NoAligner()
+    if name in OT_ALIGNER_NAMES:
+        return OTAligner(kind=name, **{k: v for k, v in options.items() if k in _OT_KEYS})
+    if dim is None:
+        raise ValueError(f"aligner {name!r} has parameters: pass dim (the PLM width)")
+    if name == "attention":
+        return AttentionAligner(dim, **{k: v for k, v in options.items() if k in _ATTENTION_KEYS})
+    return CIFAligner(dim, **{k: v for k, v in options.items() if k in _CIF_KEYS})

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from otalign.text.cache import TeacherCache
+from otalign.text.teacher import PLMTeacher
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return PLMTeacher()
+
+
+def _count_forwards(teacher):
+    calls = []
+    handle = teacher.model.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+def test_second_get_reads_the_cache_without_running_the_plm(teacher, tmp_path):
+    cache = TeacherCache(tmp_path, teacher)
+    texts = ["the first sentence", "a second one", "the first sentence"]
+    calls, handle = _count_forwards(teacher)
+    try:
+        first = cache.get(texts)
+        n_first = len(calls)
+        second = cache.get(texts)
+        assert n_first >= 1
+        assert len(calls) == n_first  # no forward on the second call
+    finally:
+        handle.remove()
+    torch.testing.assert_close(first.states, second.states, atol=0, rtol=0)
+    assert torch.equal(first.mask, second.mask) and torch.equal(first.word_index, second.word_index)
+    assert first.token_strings == second.token_strings
+    assert len(list(tmp_path.rglob("*.pt"))) == 2  # one file per distinct utterance
+
+
+def test_cached_states_match_the_teacher_to_fp16(teacher, tmp_path):
+    texts = ["unbelievable things happened", "ok"]
+    got = TeacherCache(tmp_path, teacher).get(texts)
+    ref = teacher.encode(texts)
+    assert torch.equal(got.mask, ref.mask)
+    torch.testing.assert_close(got.states, ref.states, atol=2e-3, rtol=2e-3)
+
+
+def test_cache_key_changes_with_layer_and_text(teacher, tmp_path):
+    last = TeacherCache(tmp_path, teacher)
+    emb = TeacherCache(tmp_path, None, name=teacher.name, layer=0)
+    assert last.key("hello") != emb.key("hello")
+    assert last.key("hello") != last.key("hello ")
+    assert last.key("hello") == TeacherCache(tmp_path, None, name=teacher.name, layer=-1).key("hello")
+
+
+def test_precompute_then_read_only_cache_serves_without_a_teacher(teacher, tmp_path):
+    texts = ["one two three", "four five"]
+    assert TeacherCache(tmp_path, teacher).precompute(texts, progress=False) == 2
+    reader = TeacherCache(tmp_path, None, name=teacher.name, layer=teacher.layer)
+    out = reader.get(texts)
+    assert out.mask.sum(1).tolist() == [3, 2]
+    with pytest.raises(ValueError, match="not in the PLM cache"):
+        reader.get(["never seen"])

@@ -89,7 +89,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from otalign.train.demo import run_demo
-    return run_demo(args.out, minutes=args.minutes)
+    return run_demo(args.out, corpus=args.corpus)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole path on the embedded corpus: synth, train (uot), decode, score")
     p.add_argument("--out", default="exp/demo")
-    p.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    p.add_argument("--corpus", default="data/demo", help="where the demo corpus is (synthesized if absent)")
     p.set_defaults(func=cmd_demo)
     return parser
 

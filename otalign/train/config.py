@@ -124,8 +124,23 @@ def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
         if key not in known:
             raise ValueError(f"unknown config key '{path}' (known in '{where or 'root'}': {sorted(known)})")
         sub = _SECTIONS.get(known[key].name) if cls is TrainConfig else None
-        kwargs[key] = _from_dict(sub, value, path) if sub is not None else value
+        kwargs[key] = _from_dict(sub, value, path) if sub is not None else _coerce(known[key], value, path)
     return cls(**kwargs)
+
+
+def _coerce(spec: dataclasses.Field, value: Any, path: str) -> Any:
+    """Match a YAML scalar to the field's type ('1e-4' is a string to YAML 1.1, an int to a float field)."""
+    annotation = str(spec.type)
+    try:
+        if annotation == "float" and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return float(value)
+        if annotation == "int" and isinstance(value, str):
+            return int(value)
+    except ValueError:
+        raise ValueError(f"config key '{path}' expects {annotation}, got {value!r}") from None
+    if annotation == "bool" and not isinstance(value, bool):
+        raise ValueError(f"config key '{path}' expects true/false, got {value!r}")
+    return value
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "teacher": TeacherConfig,

@@ -1,0 +1,45 @@
+import math
+
+import pytest
+
+from otalign.train.config import load_config
+
+
+def test_defaults_validate_and_overrides_apply(tmp_path):
+    recipe = tmp_path / "x.yaml"
+    recipe.write_text("transfer:\n  aligner: ot\noptim:\n  epochs: 3\n")
+    config = load_config(recipe, ["transfer.rho_frames=0.25", "optim.lr=1e-4", "transfer.aligner=uot"])
+    assert config.transfer.aligner == "uot"
+    assert config.transfer.rho_frames == 0.25
+    assert config.optim.lr == pytest.approx(1e-4)
+    assert config.optim.epochs == 3
+
+
+def test_inf_override_is_parsed_as_infinity():
+    assert math.isinf(load_config(None, ["transfer.rho_frames=inf"]).transfer.rho_frames)
+
+
+def test_unknown_key_is_named_in_the_error(tmp_path):
+    recipe = tmp_path / "x.yaml"
+    recipe.write_text("transfer:\n  rho_frame: 1.0\n")
+    with pytest.raises(ValueError, match="transfer.rho_frame"):
+        load_config(recipe)
+    with pytest.raises(ValueError, match="optim.learning_rate"):
+        load_config(None, ["optim.learning_rate=3"])
+
+
+def test_bad_values_and_missing_file_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="transfer.aligner"):
+        load_config(None, ["transfer.aligner=sinkhorn"])
+    with pytest.raises(ValueError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(None, ["transfer.aligner"])
+
+
+def test_every_shipped_recipe_loads():
+    from pathlib import Path
+    for recipe in sorted(Path(__file__).resolve().parents[2].glob("conf/*.yaml")):
+        if recipe.name.startswith("experiment"):
+            continue
+        load_config(recipe)

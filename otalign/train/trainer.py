@@ -4,7 +4,7 @@ Read top to bottom, as in icefall: distributed set-up -> data -> model -> checkp
 compute_loss -> validate -> train_one_epoch -> run. The same ``run`` serves one process or many
 (``torchrun --nproc_per_node=K -m otalign.cli train ...``: gloo on CPU, nccl on GPU).
 
-    L = L_CTC + lambda * L_KT (+ aligner auxiliary losses, e.g. CIF's quantity loss)
+    L = L_CTC + lambda * (L_KT + aligner auxiliary losses, e.g. CIF's quantity loss)
 
 The PLM never runs inside the loop: token states are computed once into an on-disk cache.
 """
@@ -226,7 +226,7 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
     for index, batch in enumerate(progress):
         weight = kt_weight(config, state.epoch - 1 + index / num_batches)
         losses = compute_loss(model, batch, tokenizer, teacher, info.device)
-        loss = losses["ctc"] + weight * losses["kt"] + losses["aux"]
+        loss = losses["ctc"] + weight * (losses["kt"] + losses["aux"])
         # Every rank must take the same decision, or DDP's gradient all-reduce would hang.
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
         if info.world_size > 1:
@@ -356,6 +356,14 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         barrier(info)
         state.epoch += 1
 
+    # DDP keeps replicas identical by construction; checking it costs one all-gather and catches
+    # a rank that silently diverged (e.g. a skipped step on one rank only).
+    digest = torch.tensor([sum(p.detach().double().sum().item() for p in trainable.parameters())])
+    digests = [torch.zeros_like(digest) for _ in range(info.world_size)]
+    if info.world_size > 1:
+        dist.all_gather(digests, digest)
+    else:
+        digests = [digest]
     final = exp_dir / "avg.pt"
     if info.is_main:
         best = rank_checkpoints(exp_dir)[: max(1, config.average_best)]
@@ -372,7 +380,9 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         tmp = final.with_name("avg.pt.tmp")
         torch.save(export, tmp)
         os.replace(tmp, final)
-        (exp_dir / "avg.json").write_text(json.dumps({"averaged_epochs": export["averaged_epochs"]}))
+        (exp_dir / "avg.json").write_text(json.dumps({"averaged_epochs": export["averaged_epochs"],
+                                                      "world_size": info.world_size,
+                                                      "rank_parameter_sums": [d.item() for d in digests]}))
         writer.close()
         print(f"[train] averaged epochs {export['averaged_epochs']} -> {final}")
     barrier(info)

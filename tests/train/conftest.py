@@ -1,0 +1,35 @@
+import shutil
+
+import pytest
+
+from otalign.data.synth import synthesize_corpus
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A real eSpeak NG corpus (40 train / 8 dev / 8+8 test utterances), shared by the train tests."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make test installs it)")
+    out = tmp_path_factory.mktemp("corpus")
+    synthesize_corpus(out, size="tiny", seed=0, jobs=2, progress=False)
+    return out
+
+
+def tiny_overrides(corpus, exp_dir, aligner="uot", epochs=2):
+    """--set overrides for a model small enough to train in seconds."""
+    return [
+        f"exp_dir={exp_dir}",
+        f"data.train_manifests=[{corpus}/train.jsonl]",
+        f"data.dev_manifest={corpus}/dev.jsonl",
+        f"data.test_manifests={{test_clean: {corpus}/test_clean.jsonl, test_noisy: {corpus}/test_noisy.jsonl}}",
+        f"data.feature_cache_dir={corpus}/fbank_cache",
+        f"teacher.cache_dir={corpus}/plm_cache",
+        "data.max_batch_seconds=40",
+        "model.overrides={d_model: 48, num_layers: 1, ff_dim: 96, num_heads: 4}",
+        f"transfer.aligner={aligner}",
+        "transfer.n_iter=20",
+        f"optim.epochs={epochs}",
+        "optim.warmup_steps=5",
+        "average_best=2",
+        "log_every=1",
+    ]

@@ -1,0 +1,46 @@
+"""The experiment grid's code path, reduced (conf/experiment_smoke.yaml), plus its resumability."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from otalign.train.experiment import load_experiment, run_configs, run_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_full_grid_config_expands_and_validates():
+    spec = load_experiment(ROOT / "conf/experiment.yaml")
+    runs = run_configs(spec)
+    assert len(runs) == len(spec["systems"]) * len(spec["seeds"]) * len(spec["benchmarks"])
+    uot = {c.transfer.rho_frames for _, s, _, c in runs if c.transfer.aligner == "uot"}
+    assert len(uot) >= 3
+
+
+def test_unknown_experiment_key_is_an_error(tmp_path):
+    bad = tmp_path / "x.yaml"
+    bad.write_text("systems: {a: {}}\nbenchmarks: {b: {}}\nseeds: [0]\nsytems: {}\n")
+    with pytest.raises(ValueError, match="sytems"):
+        load_experiment(bad)
+
+
+def test_smoke_grid_runs_writes_results_and_resumes(tmp_path, monkeypatch):
+    import shutil
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make test installs it)")
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "conf/experiment_smoke.yaml"
+    run_experiment(config)
+    results = sorted((tmp_path / "exp/smoke/results/synthetic").glob("*.json"))
+    assert [p.name for p in results] == ["ctc__seed0.json", "uot_rho1__seed0.json"]
+    uot = json.loads(results[1].read_text())
+    assert set(uot["test"]) == {"test_clean", "test_noisy"}
+    assert 0.0 <= uot["alignment"]["test_noisy"]["micro_precision"] <= 1.0
+    assert uot["git_hash"] and uot["config"]["transfer"]["aligner"] == "uot"
+    report = (tmp_path / "exp/smoke/results.md").read_text()
+    assert "uot_rho1" in report and "ctc" in report
+    stamp = os.path.getmtime(results[0])
+    run_experiment(config)  # everything done: nothing is recomputed
+    assert os.path.getmtime(results[0]) == stamp

@@ -48,7 +48,11 @@ NONSPEECH_KINDS = ("silence", "noise")
 _TIME_TOLERANCE_S = 0.02
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'"})
-_NOT_LETTER_OR_APOSTROPHE = re.compile(r"[^a-z']+")
+# CJK ideographs are kept (one token per character, spaces around them dropped) so that AISHELL
+# transcripts survive; English text has none, so for it the vocabulary is a-z, ' and space.
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff"
+_NOT_LETTER_OR_APOSTROPHE = re.compile(f"[^a-z'{_CJK}]+")
+_SPACE_NEXT_TO_CJK = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
 # An apostrophe that is not between two letters is a quotation mark, not part of a word.
 _STRAY_APOSTROPHE = re.compile(r"(?<![a-z])'|'(?![a-z])")
 
@@ -59,14 +63,15 @@ def normalize_text(text: str) -> str:
     Accents are stripped (``café`` -> ``cafe``), typographic apostrophes become ``'``, anything
     else (digits, punctuation, hyphens, other scripts) becomes a word break, and quotes that are not
     between two letters are dropped (``'hello'`` -> ``hello``, ``don't`` stays). The same function
-    is used for every corpus, so the vocabulary of every manifest is ``a-z``, ``'`` and space.
-    Returns ``""`` when nothing is left.
+    is used for every corpus, so the vocabulary of every English manifest is ``a-z``, ``'`` and
+    space. CJK ideographs (AISHELL) are kept, without the spaces between them (``"而 对 楼市"`` ->
+    ``"而对楼市"``). Returns ``""`` when nothing is left.
     """
     decomposed = unicodedata.normalize("NFKD", text.translate(_APOSTROPHES))
     ascii_text = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower()
     letters = _NOT_LETTER_OR_APOSTROPHE.sub(" ", ascii_text)
     letters = _STRAY_APOSTROPHE.sub(" ", letters)
-    return " ".join(letters.split())
+    return _SPACE_NEXT_TO_CJK.sub("", " ".join(letters.split()))
 
 
 @dataclass

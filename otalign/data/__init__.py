@@ -1,0 +1,1 @@
+"""otalign.data"""

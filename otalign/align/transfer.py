@@ -121,7 +121,8 @@ class KnowledgeTransfer(nn.Module):
             return TransferOutput(zero, zero, None, None, int(valid.sum()), num_empty, {})
         if plm_states.shape[-1] != self.plm_dim:
             raise ValueError(f"plm_states width {plm_states.shape[-1]} != plm_dim {self.plm_dim}")
-        adapted = self.adapter(enc_states) * enc_mask[..., None].to(enc_states.dtype)
+        adapted = self.adapter(enc_states)
+        adapted = torch.where(enc_mask[..., None], adapted, torch.zeros_like(adapted))
         out: AlignOutput = self.aligner(adapted, enc_mask, plm_states.to(adapted.dtype), plm_mask)
         if self.loss == "cosine":
             per_token = token_cosine_loss(out.aligned, plm_states.to(out.aligned.dtype))

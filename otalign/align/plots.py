@@ -1,0 +1,185 @@
+"""Figures for alignment as detection (matplotlib, Agg backend: no display needed).
+
+- :func:`plot_plan`: heatmap of one plan, x = time in seconds, y = tokens (wordpiece strings),
+  ground-truth word spans as boxes, annotated silence shaded grey and noise shaded orange.
+- :func:`plot_aligner_panels`: one figure, one such panel per aligner, same utterance.
+- :func:`plot_pr_curves`: precision vs token recall (points labelled by rho or m) and
+  precision / recall / coverage / nonspeech mass against rho, one line per eps.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+__all__ = ["plot_plan", "plot_aligner_panels", "plot_pr_curves"]
+
+_SHADE = {"silence": ("0.6", 0.25), "noise": ("tab:orange", 0.25)}
+
+
+def _as_array(plan) -> np.ndarray:
+    return np.asarray(plan.detach().cpu() if hasattr(plan, "detach") else plan, dtype=np.float64)
+
+
+def plot_plan(ax, plan, example, title: str = "", show_tokens: bool = True, normalise: str = "token"):
+    """Draw one (T, N) plan of ``example`` (an ``AlignmentExample``-like object) on ``ax``.
+
+    Args:
+        normalise: ``token`` divides each token's column by its maximum (every row of the image
+            then shows where that token's mass lies, whatever its total); ``global`` divides by the
+            plan's maximum (shows how much mass each token got); ``none`` plots raw values.
+    """
+    p = _as_array(plan)[: example.num_frames, : example.num_tokens]
+    if normalise == "token":
+        p = p / np.maximum(p.max(axis=0, keepdims=True), 1e-30)
+    elif normalise == "global":
+        p = p / max(p.max(), 1e-30)
+    elif normalise != "none":
+        raise ValueError(f"normalise must be 'token', 'global' or 'none', got {normalise!r}")
+    frame_s = example.frame_s
+    duration = example.num_frames * frame_s
+    image = ax.imshow(p.T, aspect="auto", interpolation="nearest", cmap="Blues",
+                      extent=(0.0, duration, example.num_tokens - 0.5, -0.5), vmin=0.0)
+    for span in example.nonspeech:
+        color, alpha = _SHADE.get(span["kind"], ("0.6", 0.25))
+        ax.axvspan(span["start"], span["end"], color=color, alpha=alpha, lw=0)
+    word_index = np.asarray(example.word_index)
+    for w, (start_s, end_s) in enumerate(example.word_spans):
+        rows = np.nonzero(word_index == w)[0]
+        if len(rows) == 0:
+            continue
+        ax.add_patch(Rectangle((start_s, rows[0] - 0.5), end_s - start_s, rows[-1] - rows[0] + 1.0,
+                               fill=False, edgecolor="tab:red", lw=1.0))
+    ax.set_xlim(0.0, duration)
+    ax.set_xlabel("time (s)")
+    if show_tokens:
+        ax.set_yticks(range(example.num_tokens))
+        ax.set_yticklabels(example.token_strings, fontsize=7)
+        ax.set_ylabel("tokens (wordpieces)")
+    else:
+        ax.set_yticks(range(example.num_tokens))
+        ax.set_yticklabels([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return image
+
+
+def plot_aligner_panels(example, plans: Mapping[str, object], path: str | Path, metrics: Mapping[str, dict] | None = None,
+                        dpi: int = 90) -> Path:
+    """One figure with a panel per aligner on the same utterance; writes ``path`` (PNG).
+
+    ``metrics`` (optional) maps a panel label to a dict with ``precision`` and ``token_recall``
+    shown in the panel title.
+    """
+    labels = list(plans)
+    if not labels:
+        raise ValueError("plans is empty")
+    cols = min(len(labels), 3)
+    rows = math.ceil(len(labels) / cols)
+    width = 4.2 * cols + 0.8
+    height = max(2.5, 0.22 * example.num_tokens + 1.3) * rows
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False, sharey=True)
+    for k, label in enumerate(labels):
+        ax = axes[k // cols][k % cols]
+        title = label
+        if metrics and label in metrics:
+            m = metrics[label]
+            title += f"\nP={m['precision']:.2f} R={m['token_recall']:.2f} cov={m['coverage']:.2f}"
+        plot_plan(ax, plans[label], example, title, show_tokens=(k % cols == 0))
+    for k in range(len(labels), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.suptitle(f"{example.id}: \"{example.text}\"  (boxes: true word spans; grey: silence; orange: noise)",
+                 fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if math.isinf(value):
+        return "inf"
+    return f"{value:g}"
+
+
+def plot_pr_curves(rows: Sequence[Mapping], path: str | Path, dpi: int = 90) -> Path:
+    """Precision-recall over the sweep (rows of :func:`otalign.align.sweep.sweep`); writes ``path``.
+
+    Left: precision against token recall; ``uot`` points joined in rho order and labelled by rho,
+    ``partial`` points labelled by m, ``ot`` / ``tot`` single markers; one colour per eps.
+    Right: micro precision (solid), coverage (dashed) and nonspeech mass (dotted) of ``uot``
+    against rho (log scale; balanced OT, rho = inf, drawn at the right edge).
+    """
+    if not rows:
+        raise ValueError("rows is empty")
+    epsilons = sorted({r["eps"] for r in rows})
+    colors = {eps: plt.cm.viridis(k / max(len(epsilons) - 1, 1) * 0.85) for k, eps in enumerate(epsilons)}
+    markers = {"ot": "s", "tot": "D", "uot": "o", "partial": "^"}
+    fig, (ax_pr, ax_rho) = plt.subplots(1, 2, figsize=(11.5, 4.6))
+    for eps in epsilons:
+        for aligner in ("uot", "partial", "ot", "tot"):
+            sel = [r for r in rows if r["aligner"] == aligner and r["eps"] == eps]
+            if not sel:
+                continue
+            key = {"uot": "rho_frames", "partial": "partial_mass"}.get(aligner)
+            if key:
+                sel = sorted(sel, key=lambda r: r[key])
+            x = [r["token_recall"] for r in sel]
+            y = [r["precision"] for r in sel]
+            style = "-" if aligner == "uot" else (":" if aligner == "partial" else "none")
+            ax_pr.plot(x, y, marker=markers[aligner], linestyle=style, color=colors[eps], ms=5,
+                       label=f"{aligner} eps={eps:g}")
+            if key:
+                prefix = "rho=" if aligner == "uot" else "m="
+                for r in sel:
+                    ax_pr.annotate(prefix + _fmt(r[key]), (r["token_recall"], r["precision"]), fontsize=6,
+                                   xytext=(3, 2), textcoords="offset points")
+        uot = sorted([r for r in rows if r["aligner"] == "uot" and r["eps"] == eps], key=lambda r: r["rho_frames"])
+        if uot:
+            finite = [r for r in uot if math.isfinite(r["rho_frames"])]
+            rhos = [r["rho_frames"] for r in finite]
+            ax_rho.plot(rhos, [r["precision"] for r in finite], "-o", color=colors[eps], ms=4,
+                        label=f"precision eps={eps:g}")
+            ax_rho.plot(rhos, [r["coverage"] for r in finite], "--", color=colors[eps], label=f"coverage eps={eps:g}")
+            ax_rho.plot(rhos, [r["token_recall"] for r in finite], "-.", color=colors[eps], lw=0.8,
+                        label=f"recall eps={eps:g}")
+            ax_rho.plot(rhos, [r["mass_on_nonspeech"] for r in finite], ":", color=colors[eps],
+                        label=f"mass on nonspeech eps={eps:g}")
+        ot = [r for r in rows if r["aligner"] == "ot" and r["eps"] == eps]
+        if ot and uot:
+            ax_rho.axhline(ot[0]["precision"], color=colors[eps], lw=0.6, alpha=0.6)
+    speech = [r.get("speech_fraction") for r in rows if r.get("speech_fraction") is not None]
+    if speech:
+        ax_pr.axhline(speech[0], color="0.5", lw=0.8, ls="--")
+        ax_pr.annotate("speech fraction", (ax_pr.get_xlim()[0], speech[0]), fontsize=7, color="0.4",
+                       xytext=(2, 2), textcoords="offset points")
+    ax_pr.set_xlabel("token recall (peak frame inside the word)")
+    ax_pr.set_ylabel("precision (mass inside the right word)")
+    ax_pr.set_title("precision-recall over the degree of matching", fontsize=10)
+    ax_pr.grid(alpha=0.3)
+    ax_pr.legend(fontsize=6, ncol=2, loc="lower left")
+    ax_rho.set_xscale("log")
+    ax_rho.set_xlabel("rho_frames (uot; thin lines: balanced ot precision)")
+    ax_rho.set_ylabel("fraction")
+    ax_rho.set_ylim(-0.02, 1.02)
+    ax_rho.set_title("uot metrics against rho", fontsize=10)
+    ax_rho.grid(alpha=0.3)
+    ax_rho.legend(fontsize=6, ncol=2, loc="center left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -124,7 +124,9 @@ def ctc_prefix_beam_search(
                     ext = entry(prefix + (c,))
                     ext[1] = _logaddexp(ext[1], p_total + p_c)
         scored = sorted(nxt.items(), key=lambda kv: _logaddexp(kv[1][0], kv[1][1]), reverse=True)
-        beams = dict(scored[:beam])
+        # A prefix of probability 0 (e.g. "aa" one frame after "a" with no blank yet) is dead.
+        kept = [kv for kv in scored[:beam] if _logaddexp(kv[1][0], kv[1][1]) > NEG_INF]
+        beams = dict(kept or scored[:1])
     ranked = sorted(((list(p), _logaddexp(s[0], s[1])) for p, s in beams.items()), key=lambda x: x[1], reverse=True)
     return ranked[: (nbest or beam)]
 

@@ -149,3 +149,27 @@ def decode_batch(
             for b, n in enumerate(lengths)
         ]
     raise ValueError(f"mode must be 'greedy' or 'beam', got {mode!r}")
+
+
+@torch.inference_mode()
+def transcribe_batch(
+    model: torch.nn.Module,
+    tokenizer,
+    feats: torch.Tensor,
+    feat_lengths: torch.Tensor,
+    mode: str = "greedy",
+    beam: int = 10,
+    lm_decoder=None,
+) -> list[str]:
+    """Texts for one padded fbank batch: model forward, then greedy / beam / beam+LM search.
+
+    ``model`` is a :class:`otalign.models.asr.CTCModel` (put it in eval mode first);
+    ``lm_decoder`` an optional :class:`otalign.decode.lm.LMBeamDecoder` (used when given, any mode).
+    """
+    out = model(feats, feat_lengths)
+    lengths = out.out_lengths.tolist()
+    if lm_decoder is not None:
+        ids = [lm_decoder.decode(out.log_probs[b, :n]) for b, n in enumerate(lengths)]
+    else:
+        ids = decode_batch(out.log_probs, lengths, mode=mode, beam=beam, blank=tokenizer.blank_id)
+    return [tokenizer.decode(seq) for seq in ids]

@@ -113,3 +113,20 @@ def test_bad_inputs_are_rejected():
         ctc_prefix_beam_search(np.zeros((2, 3)), beam=0)
     with pytest.raises(ValueError, match="mode"):
         decode_batch(torch.zeros(1, 2, 3), [2], mode="viterbi")
+
+
+def test_transcribe_batch_matches_greedy_on_the_model_output():
+    from otalign.models.asr import CTCModel
+    from otalign.text.tokenizer import CharTokenizer
+
+    from otalign.decode.search import transcribe_batch
+
+    torch.manual_seed(0)
+    tok = CharTokenizer()
+    model = CTCModel(tok.vocab_size, "tiny", num_layers=1).eval()
+    feats, lengths = torch.randn(2, 120, 80), torch.tensor([120, 80])
+    texts = transcribe_batch(model, tok, feats, lengths)
+    with torch.no_grad():
+        out = model(feats, lengths)
+    assert texts == [tok.decode(ids) for ids in ctc_greedy(out.log_probs, out.out_lengths)]
+    assert len(transcribe_batch(model, tok, feats, lengths, mode="beam", beam=4)) == 2

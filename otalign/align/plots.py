@@ -3,8 +3,8 @@
 - :func:`plot_plan`: heatmap of one plan, x = time in seconds, y = tokens (wordpiece strings),
   ground-truth word spans as boxes, annotated silence shaded grey and noise shaded orange.
 - :func:`plot_aligner_panels`: one figure, one such panel per aligner, same utterance.
-- :func:`plot_pr_curves`: precision vs token recall (points labelled by rho or m) and
-  precision / recall / coverage / nonspeech mass against rho, one line per eps.
+- :func:`plot_pr_curves`: precision vs token recall and vs coverage (points labelled by rho or
+  m), and precision / recall / coverage / nonspeech mass against rho, one line per eps.
 """
 
 from __future__ import annotations
@@ -60,13 +60,10 @@ def plot_plan(ax, plan, example, title: str = "", show_tokens: bool = True, norm
                                fill=False, edgecolor="tab:red", lw=1.0))
     ax.set_xlim(0.0, duration)
     ax.set_xlabel("time (s)")
-    if show_tokens:
+    if show_tokens:  # panels sharing the y axis share these labels: set them on one panel only
         ax.set_yticks(range(example.num_tokens))
         ax.set_yticklabels(example.token_strings, fontsize=7)
         ax.set_ylabel("tokens (wordpieces)")
-    else:
-        ax.set_yticks(range(example.num_tokens))
-        ax.set_yticklabels([])
     if title:
         ax.set_title(title, fontsize=9)
     return image
@@ -117,66 +114,76 @@ def _fmt(value: float) -> str:
 def plot_pr_curves(rows: Sequence[Mapping], path: str | Path, dpi: int = 90) -> Path:
     """Precision-recall over the sweep (rows of :func:`otalign.align.sweep.sweep`); writes ``path``.
 
-    Left: precision against token recall; ``uot`` points joined in rho order and labelled by rho,
-    ``partial`` points labelled by m, ``ot`` / ``tot`` single markers; one colour per eps.
-    Right: micro precision (solid), coverage (dashed) and nonspeech mass (dotted) of ``uot``
-    against rho (log scale; balanced OT, rho = inf, drawn at the right edge).
+    Left: precision against token recall. Middle: precision against coverage@0.5 (the stricter
+    notion of recall: at least half of a token's mass inside its word). In both, ``uot`` points are
+    joined in rho order and labelled by rho, ``partial`` points labelled by m, ``ot`` / ``tot``
+    single markers; one colour per eps; the dashed grey line is the speech fraction (where balanced
+    OT's precision must sit). Right: ``uot`` precision (solid), coverage (dashed), token recall
+    (dash-dot) and mass on annotated nonspeech (dotted) against rho, log scale; the thin horizontal
+    line is balanced OT's precision at the same eps.
     """
     if not rows:
         raise ValueError("rows is empty")
     epsilons = sorted({r["eps"] for r in rows})
     colors = {eps: plt.cm.viridis(k / max(len(epsilons) - 1, 1) * 0.85) for k, eps in enumerate(epsilons)}
     markers = {"ot": "s", "tot": "D", "uot": "o", "partial": "^"}
-    fig, (ax_pr, ax_rho) = plt.subplots(1, 2, figsize=(11.5, 4.6))
-    for eps in epsilons:
-        for aligner in ("uot", "partial", "ot", "tot"):
-            sel = [r for r in rows if r["aligner"] == aligner and r["eps"] == eps]
-            if not sel:
-                continue
-            key = {"uot": "rho_frames", "partial": "partial_mass"}.get(aligner)
-            if key:
-                sel = sorted(sel, key=lambda r: r[key])
-            x = [r["token_recall"] for r in sel]
-            y = [r["precision"] for r in sel]
-            style = "-" if aligner == "uot" else (":" if aligner == "partial" else "none")
-            ax_pr.plot(x, y, marker=markers[aligner], linestyle=style, color=colors[eps], ms=5,
-                       label=f"{aligner} eps={eps:g}")
-            if key:
-                prefix = "rho=" if aligner == "uot" else "m="
-                for r in sel:
-                    ax_pr.annotate(prefix + _fmt(r[key]), (r["token_recall"], r["precision"]), fontsize=6,
-                                   xytext=(3, 2), textcoords="offset points")
-        uot = sorted([r for r in rows if r["aligner"] == "uot" and r["eps"] == eps], key=lambda r: r["rho_frames"])
-        if uot:
-            finite = [r for r in uot if math.isfinite(r["rho_frames"])]
-            rhos = [r["rho_frames"] for r in finite]
-            ax_rho.plot(rhos, [r["precision"] for r in finite], "-o", color=colors[eps], ms=4,
-                        label=f"precision eps={eps:g}")
-            ax_rho.plot(rhos, [r["coverage"] for r in finite], "--", color=colors[eps], label=f"coverage eps={eps:g}")
-            ax_rho.plot(rhos, [r["token_recall"] for r in finite], "-.", color=colors[eps], lw=0.8,
-                        label=f"recall eps={eps:g}")
-            ax_rho.plot(rhos, [r["mass_on_nonspeech"] for r in finite], ":", color=colors[eps],
-                        label=f"mass on nonspeech eps={eps:g}")
-        ot = [r for r in rows if r["aligner"] == "ot" and r["eps"] == eps]
-        if ot and uot:
-            ax_rho.axhline(ot[0]["precision"], color=colors[eps], lw=0.6, alpha=0.6)
-    speech = [r.get("speech_fraction") for r in rows if r.get("speech_fraction") is not None]
-    if speech:
-        ax_pr.axhline(speech[0], color="0.5", lw=0.8, ls="--")
-        ax_pr.annotate("speech fraction", (ax_pr.get_xlim()[0], speech[0]), fontsize=7, color="0.4",
-                       xytext=(2, 2), textcoords="offset points")
-    ax_pr.set_xlabel("token recall (peak frame inside the word)")
-    ax_pr.set_ylabel("precision (mass inside the right word)")
-    ax_pr.set_title("precision-recall over the degree of matching", fontsize=10)
-    ax_pr.grid(alpha=0.3)
+    fig, (ax_pr, ax_cov, ax_rho) = plt.subplots(1, 3, figsize=(15.5, 4.8))
+    for ax, recall_key, xlabel in ((ax_pr, "token_recall", "token recall (peak frame inside the word)"),
+                                   (ax_cov, "coverage", "coverage@0.5 (>= half the token mass inside the word)")):
+        for eps in epsilons:
+            for aligner in ("uot", "partial", "ot", "tot"):
+                sel = [r for r in rows if r["aligner"] == aligner and r["eps"] == eps]
+                if not sel:
+                    continue
+                key = {"uot": "rho_frames", "partial": "partial_mass", "tot": "order_weight"}.get(aligner)
+                if key:
+                    sel = sorted(sel, key=lambda r: r[key])
+                style = "-" if aligner == "uot" else (":" if aligner == "partial" else "none")
+                ax.plot([r[recall_key] for r in sel], [r["precision"] for r in sel], marker=markers[aligner],
+                        linestyle=style, color=colors[eps], ms=5, label=f"{aligner} eps={eps:g}")
+                if aligner == "uot" or (aligner == "partial" and ax is ax_cov):
+                    prefix = "rho=" if aligner == "uot" else "m="
+                    for r in sel:
+                        ax.annotate(prefix + _fmt(r[key]), (r[recall_key], r["precision"]), fontsize=6,
+                                    xytext=(3, 2), textcoords="offset points", color=colors[eps])
+        speech = [r.get("speech_fraction") for r in rows if r.get("speech_fraction") is not None]
+        if speech:
+            ax.axhline(speech[0], color="0.5", lw=0.8, ls="--")
+        low = min(r[recall_key] for r in rows)
+        ax.set_xlim(min(low - 0.03, 0.8), 1.02)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("precision (mass inside the right word)")
+        ax.grid(alpha=0.3)
+    ax_pr.set_title("precision vs token recall", fontsize=10)
+    ax_cov.set_title("precision vs coverage@0.5", fontsize=10)
     ax_pr.legend(fontsize=6, ncol=2, loc="lower left")
+    for eps in epsilons:
+        uot = sorted([r for r in rows if r["aligner"] == "uot" and r["eps"] == eps and math.isfinite(r["rho_frames"])],
+                     key=lambda r: r["rho_frames"])
+        if not uot:
+            continue
+        rhos = [r["rho_frames"] for r in uot]
+        ax_rho.plot(rhos, [r["precision"] for r in uot], "-o", color=colors[eps], ms=4)
+        ax_rho.plot(rhos, [r["coverage"] for r in uot], "--", color=colors[eps])
+        ax_rho.plot(rhos, [r["token_recall"] for r in uot], "-.", color=colors[eps], lw=0.8)
+        ax_rho.plot(rhos, [r["mass_on_nonspeech"] for r in uot], ":", color=colors[eps])
+        ot = [r for r in rows if r["aligner"] == "ot" and r["eps"] == eps]
+        if ot:
+            ax_rho.axhline(ot[0]["precision"], color=colors[eps], lw=0.6, alpha=0.6)
     ax_rho.set_xscale("log")
-    ax_rho.set_xlabel("rho_frames (uot; thin lines: balanced ot precision)")
+    ax_rho.set_xlabel("rho_frames (uot)")
     ax_rho.set_ylabel("fraction")
     ax_rho.set_ylim(-0.02, 1.02)
-    ax_rho.set_title("uot metrics against rho", fontsize=10)
+    ax_rho.set_title("uot against rho (thin line: balanced ot precision)", fontsize=10)
     ax_rho.grid(alpha=0.3)
-    ax_rho.legend(fontsize=6, ncol=2, loc="center left")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="0.2", ls=ls, marker=mk, ms=4, label=label) for ls, mk, label in
+               (("-", "o", "precision"), ("--", "", "coverage@0.5"), ("-.", "", "token recall"),
+                (":", "", "mass on nonspeech"))]
+    handles += [Line2D([], [], color=colors[eps], lw=3, label=f"eps={eps:g}") for eps in epsilons]
+    ax_rho.legend(handles=handles, fontsize=7, ncol=2, loc="center left")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,65 +1,166 @@
-"""`otalign decode`: decode a manifest with an exported model, score it, write the result files.
+"""`otalign decode`: decode a manifest with a trained model, score it, write the result files.
 
-Outputs in ``out_dir``, per manifest ``<name>`` (the manifest's file stem):
-    <name>.hyp.txt      ``id<TAB>hypothesis`` per utterance
-    <name>.errors.txt   per-utterance errors (otalign.decode.scoring.write_error_file)
-    <name>.results.txt  CER/WER, counts, RTF, with a header recording the config and git hash
-    <name>.results.json the same numbers, machine-readable
+Outputs in ``out_dir``, per manifest ``<name>`` (the manifest's file stem) and search ``<tag>``
+(empty for greedy, ``.beam10`` for prefix beam search with beam 10, ``.beam10_lm`` with the LM):
+
+    <name><tag>.hyp.txt       ``id<TAB>hypothesis`` per utterance, sorted by id
+    <name><tag>.errors.txt    per-utterance errors (otalign.decode.scoring.write_error_file)
+    <name><tag>.results.txt   CER/WER, counts, RTF, with a header recording the config and git hash
+    <name><tag>.results.json  the same numbers, machine-readable
+
+RTF counts model forward + search time over audio duration on ``threads`` threads; getting the
+features (fbank, or reading them from the feature cache) is timed apart as ``feature_rtf``.
+Utterances are decoded in batches of similar duration (the encoder is padding-invariant, so
+batching does not change any hypothesis); with an LM the search runs per utterance.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from otalign.data.dataset import SpeechDataset, collate
+from otalign.data.dataset import SpeechDataset, collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import read_manifest
 from otalign.decode.scoring import RealTimeFactor, ScoreReport, git_hash, score, write_error_file, write_results
 from otalign.decode.search import decode_batch
-from otalign.models.export import load_inference_model
+from otalign.models.export import FORMAT, InferenceModel, inference_model_from_state
 
 
-def decode_manifest(ckpt: str | Path, manifest: str | Path, out_dir: str | Path, method: str = "greedy",
-                    beam: int = 10, threads: int = 1, batch_size: int = 16,
-                    feature_cache_dir: str | None = "exp/cache/fbank") -> ScoreReport:
-    """Decode every utterance of ``manifest`` with the inference model at ``ckpt`` and score it.
+def load_for_decoding(ckpt: str | os.PathLike) -> InferenceModel:
+    """Load an inference export, the trainer's ``avg.pt``, or a training ``epoch_N.pt``.
 
-    RTF counts model forward + search time (features come from the on-disk cache; the feature
-    extraction speed is reported separately by ``otalign bench data``).
+    ``epoch_N.pt`` holds ``"trainable"`` (the CTCModel under ``asr.``, plus training-only parts),
+    ``"config"`` (the training config as a dict, whose ``model`` section gives ``preset``,
+    ``dropout`` and ``overrides``), ``"tokenizer"`` and ``"cmvn"``; everything but the CTCModel
+    is dropped.
     """
-    if threads > 0:
-        torch.set_num_threads(threads)
-    inference = load_inference_model(ckpt)
-    cmvn = GlobalCMVN.from_dict(inference.config["cmvn"]) if inference.config.get("cmvn") else None
-    utterances = read_manifest(manifest)
-    dataset = SpeechDataset(utterances, cache_dir=feature_cache_dir, cmvn=cmvn)
-    order = sorted(range(len(utterances)), key=lambda i: utterances[i].duration)
-    refs, hyps = {}, {}
-    rtf = RealTimeFactor()
-    for start in range(0, len(order), batch_size):
-        batch = collate([dataset[i] for i in order[start:start + batch_size]])
-        begin = time.perf_counter()
-        with torch.inference_mode():
-            out = inference.model(batch["feats"], batch["feat_lengths"])
-            best = decode_batch(out.log_probs, out.out_lengths, mode=method, beam=beam)
-        rtf.add(time.perf_counter() - begin, float(batch["durations"].sum()))
-        for uid, text, ids in zip(batch["ids"], batch["texts"], best):
-            refs[uid], hyps[uid] = text, inference.tokenizer.decode(ids)
+    p = Path(ckpt)
+    if not p.is_file():
+        raise ValueError(f"checkpoint {p} does not exist")
+    d = torch.load(p, map_location="cpu", weights_only=False)  # our own checkpoint: trusted
+    if isinstance(d, dict) and d.get("format") != FORMAT and "trainable" in d and "model_config" not in d:
+        try:
+            model_cfg = d["config"]["model"]
+            tokenizer = d["tokenizer"]
+            vocab_size = len(tokenizer["symbols"]) + 1 if tokenizer.get("kind") == "char" else None
+            if vocab_size is None:
+                from otalign.text.tokenizer import tokenizer_from_dict
 
-    report = score(refs, hyps)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = Path(manifest).stem
-    (out_dir / f"{name}.hyp.txt").write_text("".join(f"{uid}\t{hyps[uid]}\n" for uid in sorted(hyps)))
-    write_error_file(out_dir / f"{name}.errors.txt", refs, hyps)
-    config = {"ckpt": str(ckpt), "manifest": str(manifest), "method": method, "beam": beam,
-              "threads": threads, "train_config": inference.config.get("train_config", {})}
+                vocab_size = tokenizer_from_dict(tokenizer).vocab_size
+            config = {"vocab_size": vocab_size, "preset": model_cfg["preset"], **dict(model_cfg.get("overrides") or {})}
+            if "dropout" in model_cfg:
+                config["dropout"] = model_cfg["dropout"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{p}: training checkpoint lacks {e} needed to rebuild the CTC model") from e
+        d = {"model": d["trainable"], "model_config": config, "tokenizer": tokenizer, "cmvn": d.get("cmvn"),
+             **{k: d[k] for k in ("git_hash", "config", "epoch") if k in d}}
+    return inference_model_from_state(d, source=str(p))
+
+
+def _cmvn(stats: dict[str, Any] | None) -> GlobalCMVN | None:
+    if stats is None:
+        return None
+    return GlobalCMVN(np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64),
+                      int(stats.get("num_frames", 0)))
+
+
+def decode_manifest(
+    ckpt: str | os.PathLike,
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    method: str = "greedy",
+    beam: int = 10,
+    threads: int | None = 1,
+    batch_size: int = 16,
+    feature_cache_dir: str | os.PathLike | None = "exp/cache/fbank",
+    lm_path: str | os.PathLike | None = None,
+    lm_weight: float = 0.5,
+    sil_score: float = 0.0,
+    token_threshold: float | None = None,
+) -> ScoreReport:
+    """Decode every utterance of ``manifest``, score it, and write the four files (module docstring).
+
+    Args:
+        ckpt: inference export, ``avg.pt`` or ``epoch_N.pt`` (see :func:`load_for_decoding`).
+        method: ``"greedy"`` or ``"beam"`` (prefix beam search with ``beam``).
+        threads: torch threads while decoding (restored afterwards); None or 0 keeps the current.
+        batch_size: utterances per forward pass (sorted by duration).
+        feature_cache_dir: the fbank cache shared with training (None: compute, do not cache).
+        lm_path: an ARPA character LM (:func:`otalign.decode.lm.train_char_ngram_arpa`); with it,
+            ``method="beam"`` uses flashlight's LM beam search with ``lm_weight``/``sil_score``.
+        token_threshold: optional per-frame pruning of the prefix beam search (log-prob).
+
+    Returns the :class:`ScoreReport` with ``rtf`` and ``feature_rtf`` filled in.
+    """
+    if method not in ("greedy", "beam"):
+        raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if lm_path is not None and method != "beam":
+        raise ValueError("an LM (lm_path) needs method='beam'")
+    inf = load_for_decoding(ckpt)
+    model, tokenizer = inf.model, inf.tokenizer
+    result = read_manifest(manifest)
+    utterances = list(result.utterances) if hasattr(result, "utterances") else list(result)
+    if not utterances:
+        raise ValueError(f"manifest {manifest} has no usable utterance")
+    dataset = SpeechDataset(utterances, cache_dir=feature_cache_dir, cmvn=_cmvn(inf.cmvn))
+    lm_decoder = None
+    if lm_path is not None:
+        from otalign.decode.lm import LMBeamDecoder
+
+        lm_decoder = LMBeamDecoder(tokenizer, lm_path, lm_weight=lm_weight, sil_score=sil_score, beam=beam)
+    tag = "" if method == "greedy" else f".beam{beam}" + ("_lm" if lm_decoder is not None else "")
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None and threads > 0:
+        torch.set_num_threads(threads)
+    rtf, feature_rtf = RealTimeFactor(), RealTimeFactor()
+    refs: dict[str, str] = {}
+    hyps: dict[str, str] = {}
+    order = sorted(range(len(utterances)), key=lambda i: utterances[i].duration)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            audio_s = sum(utterances[i].duration for i in chunk)
+            with feature_rtf.measure(audio_s):
+                batch = collate_batch([dataset[i] for i in chunk])
+            with rtf.measure(audio_s), torch.inference_mode():
+                out = model(batch["feats"], batch["feat_lengths"])
+                lengths = out.out_lengths.tolist()
+                if lm_decoder is not None:
+                    best = [lm_decoder.decode(out.log_probs[b, :n]) for b, n in enumerate(lengths)]
+                else:
+                    best = decode_batch(out.log_probs, lengths, mode=method, beam=beam, blank=tokenizer.blank_id,
+                                        token_threshold=token_threshold)
+            for uid, text, ids in zip(batch["ids"], batch["texts"], best):
+                refs[uid], hyps[uid] = text, tokenizer.decode(ids)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    report = replace(score(refs, hyps), rtf=rtf.rtf, feature_rtf=feature_rtf.rtf)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / (Path(manifest).name.removesuffix(".jsonl").removesuffix(".json") + tag)
+    Path(f"{stem}.hyp.txt").write_text("".join(f"{uid}\t{hyps[uid]}\n" for uid in sorted(hyps)), encoding="utf-8")
+    write_error_file(f"{stem}.errors.txt", refs, hyps)
+    config = {
+        "ckpt": str(ckpt), "manifest": str(manifest), "method": method, "beam": beam if method == "beam" else None,
+        "lm": str(lm_path) if lm_path else None, "lm_weight": lm_weight if lm_path else None,
+        "threads": threads, "batch_size": batch_size, "model_config": inf.config, "cmvn": inf.cmvn is not None,
+        "train_git_hash": (inf.meta or {}).get("git_hash"), "train_config": (inf.meta or {}).get("config"),
+        "audio_s": round(rtf.audio_s, 3), "decode_s": round(rtf.decode_s, 3), "feature_s": round(feature_rtf.decode_s, 3),
+    }
     commit = git_hash()
-    write_results(out_dir / f"{name}.results.txt", report, config, commit, rtf=rtf.rtf)
-    (out_dir / f"{name}.results.json").write_text(json.dumps(
-        {**report.as_dict(), "rtf": rtf.rtf, "git_hash": commit, "config": config}, indent=2, default=str))
+    write_results(f"{stem}.results.txt", report, config, commit)
+    Path(f"{stem}.results.json").write_text(
+        json.dumps({**report.as_dict(), "git_hash": commit, "config": config}, indent=2, default=str) + "\n"
+    )
     return report

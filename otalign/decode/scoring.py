@@ -47,6 +47,14 @@ class ScoreReport:
     char_insertions: int
     ref_chars: int
     num_missing_hyps: int = 0
+    rtf: float | None = None  # decode seconds / audio seconds, when the caller timed decoding
+    feature_rtf: float | None = None  # the same for feature extraction alone
+
+    def __str__(self) -> str:
+        s = f"CER {100 * self.cer:.2f}% WER {100 * self.wer:.2f}% on {self.num_utts} utts"
+        if self.rtf is not None:
+            s += f", RTF {self.rtf:.4f}"
+        return s
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,9 +157,10 @@ def write_results(
         f"cer_percent: {100 * report.cer:.2f}",
         f"wer_percent: {100 * report.wer:.2f}",
     ]
+    rtf = report.rtf if rtf is None else rtf
     if rtf is not None:
         lines.append(f"rtf: {rtf:.5f}")
-    lines += [f"{k}: {v}" for k, v in report.as_dict().items() if k not in ("cer", "wer")]
+    lines += [f"{k}: {v}" for k, v in report.as_dict().items() if k not in ("cer", "wer", "rtf") and v is not None]
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text("\n".join(lines) + "\n")

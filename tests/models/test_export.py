@@ -28,7 +28,8 @@ def test_export_holds_only_ctc_model_weights_and_reloads_identically(tmp_path):
     keys = set(exported["state_dict"])
     assert keys == set(train.asr.state_dict())
     assert not any("adapter" in k or "aligner" in k for k in keys)
-    assert set(exported) == {"format", "model_config", "tokenizer", "state_dict"}
+    assert set(exported) == {"format", "model_config", "tokenizer", "state_dict", "cmvn", "meta"}
+    assert exported["meta"] == {"epoch": 3}
 
     inf = load_inference_model(tmp_path / "final.pt")
     assert not inf.model.training and inf.tokenizer.vocab_size == 29
@@ -49,3 +50,24 @@ def test_load_rejects_foreign_file(tmp_path):
     torch.save({"hello": 1}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not an otalign inference model"):
         load_inference_model(tmp_path / "x.pt")
+
+
+def test_trainer_style_checkpoint_loads_directly_with_cmvn(tmp_path):
+    torch.manual_seed(0)
+    train = TrainingModule()
+    asr_only = {k[len("asr."):]: v for k, v in train.state_dict().items() if k.startswith("asr.")}
+    cmvn = {"mean": [0.5] * 80, "std": [2.0] * 80, "num_frames": 10}
+    torch.save({"model": asr_only, "model_config": {"vocab_size": 29, "preset": "tiny", "num_layers": 1},
+                "tokenizer": CharTokenizer().to_dict(), "cmvn": cmvn, "git_hash": "abc"}, tmp_path / "avg.pt")
+    inf = load_inference_model(tmp_path / "avg.pt")
+    assert inf.cmvn == cmvn and inf.meta == {"git_hash": "abc"}
+    assert len(inf.model.encoder.blocks) == 1
+
+
+def test_export_rejects_mis_shaped_weights(tmp_path):
+    train = TrainingModule()
+    state = train.state_dict()
+    state["asr.ctc_head.weight"] = torch.zeros(30, train.asr.d_model)
+    ckpt = {"model": state, "model_config": train.asr.config, "tokenizer": CharTokenizer().to_dict()}
+    with pytest.raises(ValueError, match="ctc_head.weight.*shape"):
+        export_inference_model(ckpt, tmp_path / "x.pt")

@@ -189,7 +189,8 @@ def utterance_metrics(
 
     Args:
         plan: (T, N) non-negative array or tensor, valid frames x valid tokens (no padding).
-        word_index: (N,) whitespace-word index of each token (wordpiece -> word mapping).
+        word_index: (N,) whitespace-word index of each token (wordpiece -> word mapping); tokens
+            with a negative index (special tokens) are left out.
         word_spans: one entry per word: ``(start_s, end_s)``, a manifest dict with ``start``
             and ``end`` in seconds, or an ``otalign.data`` ``WordSpan``.
         nonspeech: annotated nonspeech spans: dicts ``{kind, start, end}`` (manifest form) or
@@ -205,10 +206,15 @@ def utterance_metrics(
         raise ValueError("plan holds NaN or inf")
     if (p < 0).any():
         raise ValueError("plan must be non-negative")
+    word_index = np.asarray(word_index.detach().cpu() if hasattr(word_index, "detach") else word_index,
+                            dtype=np.int64).reshape(-1)
+    if word_index.shape[0] != p.shape[1]:
+        raise ValueError(f"word_index has {word_index.shape[0]} entries but plan has {p.shape[1]} tokens")
+    # tokens of no word (word_index -1: [CLS]/[SEP] kept by PLMTeacher(keep_special=True)) have no
+    # span to be scored against: their columns are left out
+    if (word_index < 0).any():
+        p, word_index = p[:, word_index >= 0], word_index[word_index >= 0]
     num_frames, num_tokens = p.shape
-    word_index = np.asarray(word_index, dtype=np.int64).reshape(-1)
-    if word_index.shape[0] != num_tokens:
-        raise ValueError(f"word_index has {word_index.shape[0]} entries but plan has {num_tokens} tokens")
     if not 0.0 < coverage_level <= 1.0:
         raise ValueError(f"coverage_level must be in (0, 1], got {coverage_level}")
     spans = _as_spans(word_spans)

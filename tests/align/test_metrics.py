@@ -190,3 +190,12 @@ def test_batch_metrics_strip_padding():
     assert per_utt[0].precision == pytest.approx(1.0)
     assert per_utt[1].precision == pytest.approx(1.0)
     assert agg["micro_token_recall"] == 1.0
+
+
+def test_special_tokens_without_a_word_are_left_out():
+    plan = np.zeros((T, 5))
+    plan[:, 1:4] = perfect_plan()
+    plan[0, 0] = plan[11, 4] = 1.0  # [CLS] and [SEP] columns, on silence/noise
+    m = utterance_metrics(plan, [-1] + WORD_INDEX + [-1], WORD_SPANS, NONSPEECH)
+    assert m.num_tokens == 3
+    assert m.precision == pytest.approx(1.0)

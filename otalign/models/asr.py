@@ -15,8 +15,10 @@ from otalign.models.conformer import ConformerEncoder
 #   tiny : the 2-core CPU demo model (~2.5M parameters with 29 characters; see bench/decode.py).
 #   small: the common ESPnet/WeNet Conformer (12 x 256, 4 heads, FFN 2048, kernel 15), ~30M.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(input_dim=80, d_model=144, num_layers=4, num_heads=4, ff_dim=576, conv_kernel=15, dropout=0.1),
-    "small": dict(input_dim=80, d_model=256, num_layers=12, num_heads=4, ff_dim=2048, conv_kernel=15, dropout=0.1),
+    "tiny": dict(input_dim=80, d_model=144, num_layers=4, num_heads=4, ff_dim=576, conv_kernel=15, dropout=0.1,
+                 subsampling_channels=None),
+    "small": dict(input_dim=80, d_model=256, num_layers=12, num_heads=4, ff_dim=2048, conv_kernel=15, dropout=0.1,
+                  subsampling_channels=None),
 }
 
 

@@ -139,6 +139,7 @@ class ConformerEncoder(nn.Module):
         d_model: model width. num_layers: Conformer blocks. num_heads: attention heads.
         ff_dim: hidden width of each macaron FFN. conv_kernel: depthwise kernel (odd).
         dropout: dropout in FFN, attention, conv module and after the positional encoding.
+        subsampling_channels: width of the two subsampling convolutions (None = d_model).
     """
 
     def __init__(
@@ -150,10 +151,11 @@ class ConformerEncoder(nn.Module):
         ff_dim: int = 2048,
         conv_kernel: int = 15,
         dropout: float = 0.1,
+        subsampling_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.d_model = d_model
-        self.subsampling = Conv2dSubsampling4(input_dim, d_model)
+        self.subsampling = Conv2dSubsampling4(input_dim, d_model, subsampling_channels)
         self.pos_enc = SinusoidalPositionalEncoding(d_model, dropout)
         self.blocks = nn.ModuleList(
             ConformerBlock(d_model, num_heads, ff_dim, conv_kernel, dropout) for _ in range(num_layers)

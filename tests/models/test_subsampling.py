@@ -28,3 +28,10 @@ def test_encoder_frame_i_covers_forty_ms_from_0_04_i():
     np.testing.assert_allclose(start_s, [0.0, 0.04, 0.08, 0.12, 0.16])
     np.testing.assert_allclose(end_s, [0.04, 0.08, 0.12, 0.16, 0.20])
     np.testing.assert_allclose(end_s[:-1], start_s[1:])
+
+
+def test_narrow_subsampling_channels_keep_lengths_and_width():
+    sub = Conv2dSubsampling4(80, 144, channels=32).eval()
+    x, lengths = sub(torch.randn(2, 101, 80), torch.tensor([101, 60]))
+    assert x.shape == (2, 24, 144) and lengths.tolist() == [24, 14]
+    assert sub.conv[0].out_channels == 32 and sub.out.in_features == 32 * 19

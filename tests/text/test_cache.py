@@ -58,3 +58,10 @@ def test_precompute_then_read_only_cache_serves_without_a_teacher(teacher, tmp_p
     assert out.mask.sum(1).tolist() == [3, 2]
     with pytest.raises(ValueError, match="not in the PLM cache"):
         reader.get(["never seen"])
+
+
+def test_empty_text_is_cached_with_zero_tokens(teacher, tmp_path):
+    cache = TeacherCache(tmp_path, teacher)
+    out = cache.get(["", "word"])
+    again = cache.get([""])
+    assert out.mask.sum(1).tolist() == [0, 1] and again.mask.sum() == 0

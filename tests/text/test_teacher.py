@@ -90,3 +90,9 @@ def test_incompatible_model_dir_error_names_missing_file(tmp_path):
 def test_layer_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="layer=7"):
         PLMTeacher(layer=7)
+
+
+def test_empty_text_gives_no_valid_token(teacher):
+    out = teacher.encode(["", "hello"])
+    assert out.mask[0].sum() == 0 and out.mask[1].sum() == 1
+    assert out.token_strings[0] == []

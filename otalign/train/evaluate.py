@@ -12,14 +12,14 @@ from typing import Callable
 import torch
 
 from otalign.align.metrics import aggregate_metrics, utterance_metrics
-from otalign.data.dataset import SpeechDataset, collate
+from otalign.data.dataset import SpeechDataset, collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import Utterance
 from otalign.text.cache import TeacherCache
 from otalign.text.teacher import PLMTeacher
 from otalign.text.tokenizer import CharTokenizer
 from otalign.train.config import TrainConfig, _from_dict
-from otalign.train.trainer import Trainable, build_trainable
+from otalign.train.trainer import Trainable, build_trainable, cmvn_from_dict
 
 
 def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, GlobalCMVN | None]:
@@ -38,7 +38,7 @@ def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, Globa
     trainable = build_trainable(config, CharTokenizer().vocab_size, plm_width)
     trainable.load_state_dict(ckpt["trainable"])
     trainable.eval()
-    cmvn = GlobalCMVN.from_dict(ckpt["cmvn"]) if ckpt.get("cmvn") else None
+    cmvn = cmvn_from_dict(ckpt.get("cmvn"))
     return trainable, config, cmvn
 
 
@@ -52,7 +52,7 @@ def make_encode_fn(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN |
     @torch.no_grad()
     def encode(utterances: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
         dataset = SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir, cmvn=cmvn)
-        batch = collate([dataset[i] for i in range(len(utterances))])
+        batch = collate_batch([dataset[i] for i in range(len(utterances))])
         out = trainable.asr(batch["feats"], batch["feat_lengths"])
         adapted = trainable.transfer.adapter(out.states) * out.mask[..., None]
         return adapted, out.mask
@@ -73,7 +73,7 @@ def alignment_metrics(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMV
     per_utterance = []
     for start in range(0, len(scored), batch_size):
         chunk = list(range(start, min(start + batch_size, len(scored))))
-        batch = collate([dataset[i] for i in chunk])
+        batch = collate_batch([dataset[i] for i in chunk])
         plm = teacher.get(batch["texts"])
         out = trainable.asr(batch["feats"], batch["feat_lengths"])
         transferred = trainable.transfer(out.states, out.mask, plm.states.float(), plm.mask)

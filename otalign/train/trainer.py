@@ -29,12 +29,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from otalign.align.transfer import KnowledgeTransfer
-from otalign.data.dataset import BucketBatchSampler, SpeechDataset, collate
+from otalign.data.dataset import BucketBatchSampler, SpeechDataset, collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import read_manifest
 from otalign.decode.scoring import score
 from otalign.decode.search import ctc_greedy
 from otalign.models.asr import CTCModel
+from otalign.models.export import export_inference_model
 from otalign.text.cache import TeacherCache
 from otalign.text.teacher import PLMTeacher
 from otalign.text.tokenizer import CharTokenizer
@@ -135,12 +136,30 @@ def load_manifests(paths: list[str], strict: bool) -> list:
 
 def make_loader(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train: bool,
                 info: DistInfo, epoch_seed: int) -> tuple[DataLoader, BucketBatchSampler]:
+    speeds = (0.9, 1.0, 1.1) if train and config.data.speed_perturb else (1.0,)
     dataset = SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir, cmvn=cmvn,
-                            spec_augment=train and config.data.spec_augment,
-                            speed_perturb=train and config.data.speed_perturb, seed=epoch_seed)
+                            spec_augment=train and config.data.spec_augment, speed_factors=speeds, seed=epoch_seed)
     sampler = BucketBatchSampler([u.duration for u in utterances], max_seconds=config.data.max_batch_seconds,
                                  shuffle=train, seed=config.seed, num_replicas=info.world_size, rank=info.rank)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0), sampler
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=0), sampler
+
+
+def compute_cmvn(utterances, config: TrainConfig) -> GlobalCMVN:
+    """Global CMVN over the training set (fills the feature cache as a side effect)."""
+    dataset = SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir)
+    return GlobalCMVN.from_features(dataset.features(i) for i in tqdm(range(len(dataset)), desc="cmvn/fbank"))
+
+
+def cmvn_to_dict(cmvn: GlobalCMVN | None) -> dict[str, Any] | None:
+    if cmvn is None:
+        return None
+    return {"mean": cmvn.mean.tolist(), "std": cmvn.std.tolist(), "num_frames": cmvn.num_frames}
+
+
+def cmvn_from_dict(stats: dict[str, Any] | None) -> GlobalCMVN | None:
+    if stats is None:
+        return None
+    return GlobalCMVN(np.asarray(stats["mean"]), np.asarray(stats["std"]), int(stats.get("num_frames", 0)))
 
 
 def encode_targets(tokenizer: CharTokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,16 +270,16 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
         state.step += 1
         totals["loss"] += loss.item()
         for key in ("ctc", "kt", "aux"):
-            totals[key] += float(losses[key])
+            totals[key] += float(losses[key].detach())
         totals["ctc_invalid"] += int(losses["ctc_invalid"])
         totals["batches"] += 1
-        totals["audio_s"] += float(batch["durations"].sum())
+        totals["audio_s"] += sum(u.duration for u in batch["utterances"])
         speed = totals["audio_s"] / max(time.time() - start, 1e-9) * info.world_size
-        progress.set_postfix(loss=f"{loss.item():.3f}", kt=f"{float(losses['kt']):.3f}", xRT=f"{speed:.0f}")
+        progress.set_postfix(loss=f"{loss.item():.3f}", kt=f"{float(losses['kt'].detach()):.3f}", xRT=f"{speed:.0f}")
         if writer is not None and state.step % config.log_every == 0:
             writer.add_scalar("train/loss", loss.item(), state.step)
-            writer.add_scalar("train/ctc", float(losses["ctc"]), state.step)
-            writer.add_scalar("train/kt", float(losses["kt"]), state.step)
+            writer.add_scalar("train/ctc", float(losses["ctc"].detach()), state.step)
+            writer.add_scalar("train/kt", float(losses["kt"].detach()), state.step)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state.step)
     batches = max(1, totals["batches"])
     elapsed = time.time() - start
@@ -291,7 +310,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
     if config.data.cmvn:
         cmvn_path = exp_dir / "cmvn.json"
         if info.is_main and not cmvn_path.exists():
-            GlobalCMVN.from_utterances(train_utts, cache_dir=config.data.feature_cache_dir).save(cmvn_path)
+            compute_cmvn(train_utts, config).save(cmvn_path)
         barrier(info)
         cmvn = GlobalCMVN.load(cmvn_path)
 
@@ -346,7 +365,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
             checkpoint = {"trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "epoch": state.epoch, "step": state.step,
                           "bad_batches": state.bad_batches, "config": to_dict(config),
-                          "tokenizer": tokenizer.to_dict(), "cmvn": cmvn.to_dict() if cmvn else None,
+                          "tokenizer": tokenizer.to_dict(), "cmvn": cmvn_to_dict(cmvn),
                           "git_hash": git_hash()}
             save_checkpoint(exp_dir, state.epoch, checkpoint, metrics, keep=config.keep_checkpoints)
             for key in ("train_loss", "train_kt", "dev_loss", "dev_cer", "x_real_time"):
@@ -369,22 +388,15 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         best = rank_checkpoints(exp_dir)[: max(1, config.average_best)]
         paths = [exp_dir / f"epoch_{m['epoch']}.pt" for m in best]
         averaged = average_checkpoints(paths, key="trainable")
-        asr_weights = {k[len("asr."):]: v for k, v in averaged.items() if k.startswith("asr.")}
-        export = {"model": asr_weights, "model_config": {"vocab_size": tokenizer.vocab_size,
-                                                         "preset": config.model.preset,
-                                                         "dropout": config.model.dropout,
-                                                         **config.model.overrides},
-                  "tokenizer": tokenizer.to_dict(), "cmvn": cmvn.to_dict() if cmvn else None,
-                  "averaged_epochs": [m["epoch"] for m in best], "config": to_dict(config),
-                  "git_hash": git_hash()}
-        tmp = final.with_name("avg.pt.tmp")
-        torch.save(export, tmp)
-        os.replace(tmp, final)
-        (exp_dir / "avg.json").write_text(json.dumps({"averaged_epochs": export["averaged_epochs"],
+        export_inference_model({"model": averaged, "model_config": trainable.asr.config,
+                                "tokenizer": tokenizer.to_dict(), "cmvn": cmvn_to_dict(cmvn),
+                                "git_hash": git_hash(), "config": to_dict(config),
+                                "averaged_epochs": [m["epoch"] for m in best]}, final)
+        (exp_dir / "avg.json").write_text(json.dumps({"averaged_epochs": [m["epoch"] for m in best],
                                                       "world_size": info.world_size,
                                                       "rank_parameter_sums": [d.item() for d in digests]}))
         writer.close()
-        print(f"[train] averaged epochs {export['averaged_epochs']} -> {final}")
+        print(f"[train] averaged epochs {[m['epoch'] for m in best]} -> {final}")
     barrier(info)
     if info.world_size > 1:
         dist.destroy_process_group()

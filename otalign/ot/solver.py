@@ -63,10 +63,19 @@ class TransportProblem:
     rho_cols: float
     partial_mass: Optional[float]
     reference: str
+    padded_rows: bool  # some row is masked (lets unpadded batches skip every masking pass)
+    padded_cols: bool
 
     @property
     def cell_mask(self) -> Tensor:
         return self.row_mask[:, :, None] & self.col_mask[:, None, :]
+
+    @property
+    def masked_log_kernel(self) -> Tensor:
+        """``L`` with -inf on every padded cell (exp gives an exact 0 with a zero gradient)."""
+        if not (self.padded_rows or self.padded_cols):
+            return self.log_kernel
+        return torch.where(self.cell_mask, self.log_kernel, -math.inf)
 
     @property
     def lam_rows(self) -> float:
@@ -163,6 +172,10 @@ def eps_mass(problem: TransportProblem, plan: Tensor) -> Tensor:
     return problem.eps * (plan.sum((-2, -1)) - problem.reference_mass)
 
 
+def _eps_mass_from_marginal(problem: TransportProblem, row_marginal: Tensor) -> Tensor:
+    return problem.eps * (row_marginal.sum(-1) - problem.reference_mass)
+
+
 def _generalised_kl(p: Tensor, q: Tensor, mask: Tensor) -> Tensor:
     """``sum_k p log(p/q) - p + q`` over valid k; 0 log 0 = 0; never log(0) on valid q > 0."""
     safe_p = torch.where(mask & (p > 0), p, torch.ones_like(p))
@@ -172,165 +185,296 @@ def _generalised_kl(p: Tensor, q: Tensor, mask: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# The one place where log-sum-exps are computed
+# The stabilised kernel: the one place where sums over cells are computed
 # --------------------------------------------------------------------------------------------
 class _StabilisedKernel:
-    r"""Row and column log-sum-exps of ``L + potential`` as a stabilised kernel product.
+    r"""Row and column sums of ``exp(L + potentials)`` as batched mat-vecs with anchored kernels.
 
-    ``row_lse(psi)_i = LSE_{j valid} (L_ij + psi_j)`` is computed as
-    ``sigma_i + log sum_j K_ij exp(psi_j - psi_hat_j)`` with ``K_ij = exp(L_ij + psi_hat_j - sigma_i)``
-    and ``sigma_i = max_j (L_ij + psi_hat_j)`` frozen at an anchor ``psi_hat`` (absorption,
-    Schmitzer 2019). While ``max |psi - psi_hat| <= threshold`` the sum is at least
-    ``exp(-threshold)`` (the anchor's arg-max term) and at most ``N exp(threshold)``: it can
-    neither underflow nor overflow, so this is the log-domain iteration computed exactly, but one
-    iteration costs a batched mat-vec instead of an exp over (B,T,N). When the potential drifts
-    past the threshold the kernel is rebuilt at the current potential (one exp pass).
+    Two kernels, each anchored at a (detached) potential ``psi_hat`` / ``phi_hat`` (absorption,
+    Schmitzer 2019)::
 
-    ``K`` is kept in two layouts: rows normalised (for ``row_lse``) and columns normalised, stored
-    transposed and contiguous (for ``col_lse``), so both products are contiguous mat-vecs.
+        row-sum kernel  K_ij = exp(L_ij + psi_hat_j - sigma_i),  sigma_i = max_j (L_ij + psi_hat_j)
+        col-sum kernel  H_ij = exp(L_ij + phi_hat_i - tau_j),    tau_j   = max_i (L_ij + phi_hat_i)
 
-    The anchor and the shifts are detached: the result does not depend on them mathematically,
-    so autograd through ``K`` and ``exp(psi - psi_hat)`` is the exact derivative.
-    Padding: padded columns are 0 in the row kernel and padded rows 0 in the column kernel;
-    padded rows/columns themselves get finite junk (callers mask it), never -inf.
+    so ``LSE_j (L_ij + psi_j) = sigma_i + log sum_j K_ij exp(psi_j - psi_hat_j)`` exactly. Each
+    kernel has a 1 in every row (column), so while ``|psi - psi_hat| <= D`` the sum lies in
+    ``[e^-D, N e^D]``: no underflow, no overflow, and entries that underflowed when the kernel was
+    built (below e^-87 in fp32) stay negligible (< e^(2D-87) relative). One iteration then costs
+    two batched mat-vecs instead of two exp passes over (B,T,N); a kernel is rebuilt (one exp
+    pass) only when its anchor has drifted too far.
+
+    Layout (CPU measurements, (32,250,30) fp32): a (1,K)@(K,M) ``bmm`` is ~9x faster than
+    (M,K)@(K,1), and a reduction is fast only when the contiguous (last) dimension is the long one
+    (amax over N=30 last: 450 us; over N as the middle dim of (B,N,T): 78 us). So ``K`` is stored
+    (B,N,T), ``H`` (B,T,N), and both shifts are reduced in the (B,N,T) layout; the masked
+    log-kernels for each are computed once.
+
+    Anchors and shifts are detached. The sums do not depend on them mathematically, and callers
+    use ``exp(psi - psi_hat)`` with the same detached ``psi_hat``, so autograd through the kernels
+    and the scalings is the exact derivative of the log-domain iteration.
+
+    Padding: padded columns are 0 in ``K`` and padded rows 0 in ``H``, so padding never enters a
+    valid sum. Padded rows of ``K`` and padded columns of ``H`` hold finite placeholder values:
+    padded entries get finite junk potentials (masked by the caller), never -inf or NaN.
     """
 
-    def __init__(self, log_kernel: Tensor, row_mask: Tensor, col_mask: Tensor, threshold: float) -> None:
-        self.log_kernel = log_kernel
-        self.row_mask = row_mask
-        self.col_mask = col_mask
+    def __init__(self, problem: TransportProblem, threshold: float, psi_hat: Tensor, phi_hat: Optional[Tensor] = None) -> None:
+        """Builds ``K`` at ``psi_hat``; ``H`` at ``phi_hat`` now, or later by ``anchor_row_potential``."""
         self.threshold = threshold
-        self.row_anchor: Optional[Tensor] = None
-        self.col_anchor: Optional[Tensor] = None
+        # the LSE helpers tolerate a larger drift before rebuilding: accuracy is kept up to
+        # |drift| = 3 * threshold (fp32: lost terms < e^(60-87) relative)
+        self.lse_limit = 3 * threshold
         self.n_rebuilds = 0
+        log_kernel_t = problem.log_kernel.transpose(1, 2).contiguous()  # (B,N,T)
+        # -inf on the padding each kernel must ignore; the other side keeps finite placeholders
+        self.log_k = torch.where(problem.col_mask[:, :, None], log_kernel_t, -math.inf) if problem.padded_cols else log_kernel_t
+        self.log_h_t = torch.where(problem.row_mask[:, None, :], log_kernel_t, -math.inf) if problem.padded_rows else log_kernel_t
+        self.log_h = torch.where(problem.row_mask[:, :, None], problem.log_kernel, -math.inf) if problem.padded_rows else problem.log_kernel
+        self.anchor_col_potential(psi_hat)
+        if phi_hat is not None:
+            self.anchor_row_potential(phi_hat)
 
-    def _drifted(self, potential: Tensor, anchor: Optional[Tensor]) -> bool:
-        if anchor is None:
-            return True
-        return bool((potential.detach() - anchor).abs().max() > self.threshold)
+    def anchor_col_potential(self, psi_hat: Tensor) -> None:
+        """(Re)build the row-sum kernel ``K`` at column potential ``psi_hat`` (B,N)."""
+        self.psi_hat = psi_hat.detach()
+        shifted = self.log_k + self.psi_hat[:, :, None]  # (B,N,T), fresh: safe to modify in place
+        self.row_shift = shifted.detach().amax(1)  # sigma (B,T); finite: every item has a valid column
+        self.row_kernel = shifted.sub_(self.row_shift[:, None, :]).exp_()
+        self.n_rebuilds += 1
+
+    def anchor_row_potential(self, phi_hat: Tensor) -> None:
+        """(Re)build the column-sum kernel ``H`` at row potential ``phi_hat`` (B,T)."""
+        self.phi_hat = phi_hat.detach()
+        with torch.no_grad():
+            self.col_shift = (self.log_h_t + self.phi_hat[:, None, :]).amax(-1)  # tau (B,N)
+        shifted = self.log_h + self.phi_hat[:, :, None]  # (B,T,N)
+        self.col_kernel = shifted.sub_(self.col_shift[:, None, :]).exp_()
+        self.n_rebuilds += 1
+
+    def row_sums(self, v: Tensor) -> Tensor:
+        """(B,N) ``v = exp(psi - psi_hat)`` -> (B,T) ``sum_j K_ij v_j``."""
+        return torch.bmm(v[:, None, :], self.row_kernel)[:, 0, :]
+
+    def col_sums(self, u: Tensor) -> Tensor:
+        """(B,T) ``u = exp(phi - phi_hat)`` -> (B,N) ``sum_i H_ij u_i``."""
+        return torch.bmm(u[:, None, :], self.col_kernel)[:, 0, :]
+
+    @staticmethod
+    def drifted(difference: Tensor, limit: float) -> bool:
+        low, high = torch.aminmax(difference.detach())
+        return float(high) > limit or float(low) < -limit
 
     def row_lse(self, psi: Tensor) -> Tensor:
         """(B,N) column potential -> (B,T) ``LSE_j (L_ij + psi_j)`` over valid j."""
-        if self._drifted(psi, self.row_anchor):
-            self.row_anchor = psi.detach().clone()
-            shifted = torch.where(self.col_mask[:, None, :], self.log_kernel + self.row_anchor[:, None, :], -math.inf)
-            self.row_shift = shifted.detach().amax(-1)  # (B,T), finite: every item has a valid column
-            self.row_kernel = torch.exp(shifted - self.row_shift[:, :, None])  # (B,T,N)
-            self.n_rebuilds += 1
-        scaled = torch.exp(psi - self.row_anchor)  # (B,N) in [e^-thr, e^thr]
-        return self.row_shift + torch.log(torch.bmm(self.row_kernel, scaled[:, :, None])[:, :, 0])
+        if self.drifted(psi - self.psi_hat, self.lse_limit):
+            self.anchor_col_potential(psi)
+        return self.row_shift + torch.log(self.row_sums(torch.exp(psi - self.psi_hat)))
 
     def col_lse(self, phi: Tensor) -> Tensor:
         """(B,T) row potential -> (B,N) ``LSE_i (L_ij + phi_i)`` over valid i."""
-        if self._drifted(phi, self.col_anchor):
-            self.col_anchor = phi.detach().clone()
-            shifted = torch.where(self.row_mask[:, :, None], self.log_kernel + self.col_anchor[:, :, None], -math.inf)
-            shifted = shifted.transpose(1, 2)  # (B,N,T)
-            self.col_shift = shifted.detach().amax(-1)  # (B,N)
-            self.col_kernel = torch.exp(shifted - self.col_shift[:, :, None]).contiguous()  # (B,N,T)
-            self.n_rebuilds += 1
-        scaled = torch.exp(phi - self.col_anchor)
-        return self.col_shift + torch.log(torch.bmm(self.col_kernel, scaled[:, :, None])[:, :, 0])
+        if self.drifted(phi - self.phi_hat, self.lse_limit):
+            self.anchor_row_potential(phi)
+        return self.col_shift + torch.log(self.col_sums(torch.exp(phi - self.phi_hat)))
+
+    def marginals(self, phi: Tensor, psi: Tensor, problem: TransportProblem) -> tuple[Tensor, Tensor]:
+        """``P 1`` and ``P^T 1`` of ``P = exp(L + phi + psi)`` by two mat-vecs (0 on padding);
+        the (B,T,N) reductions of the plan would be ~10x slower (short contiguous dims)."""
+        log_row_marginal = phi + self.row_lse(psi)
+        log_col_marginal = psi + self.col_lse(phi)
+        # padding's junk may overflow exp: -inf before the exp gives exact zeros with zero gradient
+        if problem.padded_rows:
+            log_row_marginal = torch.where(problem.row_mask, log_row_marginal, -math.inf)
+        if problem.padded_cols:
+            log_col_marginal = torch.where(problem.col_mask, log_col_marginal, -math.inf)
+        return torch.exp(log_row_marginal), torch.exp(log_col_marginal)
 
 
 # --------------------------------------------------------------------------------------------
-# The loop
+# The steps of each variant, and the one loop
 # --------------------------------------------------------------------------------------------
 @dataclass
-class _State:
-    """Scaled potentials. UOT uses phi, psi; partial OT (Dykstra) also the mass shift and the
-    three Dykstra corrections (log q1, log q2, log q3 of POT's ``entropic_partial_wasserstein``)."""
+class _ScalingState:
+    """Unbalanced/balanced iterate: ``phi = u_anchor + log u``, ``psi = v_anchor + log_v``."""
 
-    phi: Tensor  # (B,T)
-    psi: Tensor  # (B,N)
-    mass_shift: Tensor  # (B,) z; 0 for UOT
-    row_correction: Tensor  # (B,T) alpha
-    col_correction: Tensor  # (B,N) beta
-    mass_correction: Tensor  # (B,) gamma
-
-    def detached(self) -> "_State":
-        return _State(*(t.detach() for t in (self.phi, self.psi, self.mass_shift, self.row_correction, self.col_correction, self.mass_correction)))
+    u: Tensor  # (B,T)
+    u_anchor: Tensor  # (B,T), detached
+    log_v: Tensor  # (B,N)
+    v_anchor: Tensor  # (B,N), detached
 
 
-def _initial_state(problem: TransportProblem) -> _State:
-    log_kernel = problem.log_kernel
-    batch, n_rows, n_cols = log_kernel.shape
-    zeros_rows = log_kernel.new_zeros(batch, n_rows)
-    zeros_cols = log_kernel.new_zeros(batch, n_cols)
-    zeros = log_kernel.new_zeros(batch)
-    mass_shift = zeros
-    if problem.partial_mass is not None:
-        # POT starts from K * m / sum K
-        total = torch.where(problem.cell_mask, log_kernel, -math.inf).flatten(1).logsumexp(-1)
-        mass_shift = math.log(problem.partial_mass) - total
-    return _State(zeros_rows, zeros_cols, mass_shift, zeros_rows, zeros_cols, zeros)
-
-
-def _step(problem: TransportProblem, kernel: _StabilisedKernel, state: _State) -> _State:
-    """One iteration: row update, column update (and, for partial OT, the total-mass step).
-
-    Unbalanced (balanced when lam = 1)::
+class _UnbalancedSteps:
+    r"""Generalised Sinkhorn (balanced when lam = 1) in scaling form on the stabilised kernel::
 
         phi <- lam_rows (log a - LSE_j [L + psi])          psi <- lam_cols (log b - LSE_i [L + phi])
 
-    Partial OT, Dykstra's KL projections (Benamou et al. 2015, prop. 5; POT
-    ``entropic_partial_wasserstein``) with ``P = exp(L + x_i + y_j + z)`` and corrections
-    ``alpha, beta, gamma``::
+    With ``v = exp(psi - psi_hat)``, ``u = exp(phi - phi_hat)`` this is, exactly::
+
+        u = c_row * (K v)^(-lam_rows),       c_row = exp(lam_rows (log a - sigma) - phi_hat)
+        v = c_col * (H^T u)^(-lam_cols),     c_col = exp(lam_cols (log b - tau) - psi_hat)
+
+    i.e. two mat-vecs, one exp/log pair on the T side (none when lam_rows = 1) per iteration.
+    Bounds that keep it exact (D = ``threshold``): ``|log v| <= D`` is checked every iteration on
+    the small N side (in log form, so nothing overflows before the check) and ``K`` re-anchored
+    when violated; ``|log c_row| <= D`` is enforced whenever a kernel changes (by re-anchoring
+    ``phi_hat = lam_rows (log a - sigma)``, where ``c_row = 1``). Then ``K v`` lies in
+    ``[e^-D, N e^D]`` and ``|log u| <= 2D + log N``, which keeps ``H^T u`` exact too.
+    """
+
+    def __init__(self, problem: TransportProblem, threshold: float, psi_hat: Optional[Tensor] = None) -> None:
+        self.problem = problem
+        self.threshold = threshold
+        self.lam_rows = problem.lam_rows
+        self.lam_cols = problem.lam_cols
+        if psi_hat is None:
+            psi_hat = torch.zeros_like(problem.log_b)
+        self.kernel = _StabilisedKernel(problem, threshold, psi_hat)
+        self.kernel.anchor_row_potential(self.lam_rows * (problem.log_a - self.kernel.row_shift))
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Recompute ``c_row``, ``log c_col`` after a kernel changed (keeping |log c_row| <= D)."""
+        p, k = self.problem, self.kernel
+        log_c_row = self.lam_rows * (p.log_a - k.row_shift) - k.phi_hat
+        if k.drifted(log_c_row, self.threshold):
+            k.anchor_row_potential(self.lam_rows * (p.log_a - k.row_shift))
+            log_c_row = self.lam_rows * (p.log_a - k.row_shift) - k.phi_hat  # 0 in value, keeps grad to log a
+        self.c_row = torch.exp(log_c_row)
+        self.log_c_col = self.lam_cols * (p.log_b - k.col_shift) - k.psi_hat
+
+    def initial_state(self) -> _ScalingState:
+        k = self.kernel
+        return _ScalingState(torch.ones_like(k.phi_hat), k.phi_hat, torch.zeros_like(k.psi_hat), k.psi_hat)
+
+    def step(self, state: _ScalingState) -> _ScalingState:
+        k = self.kernel
+        row_sums = k.row_sums(torch.exp(state.log_v))
+        if self.lam_rows == 1.0:
+            u = self.c_row / row_sums
+        else:  # exp(-lam * log) is ~2x faster than pow on CPU
+            u = self.c_row * torch.exp(torch.log(row_sums) * -self.lam_rows)
+        u_anchor = k.phi_hat
+        log_col_sums = torch.log(k.col_sums(u))
+        if self.lam_cols == 1.0:
+            log_v = self.log_c_col - log_col_sums
+        else:
+            log_v = torch.add(self.log_c_col, log_col_sums, alpha=-self.lam_cols)
+        if k.drifted(log_v, self.threshold):
+            k.anchor_col_potential(k.psi_hat + log_v)
+            log_v = log_v - log_v.detach()  # 0 in value, keeps the autograd path
+            self._refresh()
+        return _ScalingState(u, u_anchor, log_v, k.psi_hat)
+
+    def potentials(self, state: _ScalingState) -> tuple[Tensor, Tensor]:
+        """-> (phi, psi), unmasked (padding holds finite junk)."""
+        return state.u_anchor + torch.log(state.u), state.v_anchor + state.log_v
+
+
+@dataclass
+class _DykstraState:
+    """Partial-OT iterate ``P = exp(L + x_i + y_j + z)`` and Dykstra's corrections (the logs of
+    POT's ``q1, q2, q3`` in ``entropic_partial_wasserstein``)."""
+
+    x: Tensor  # (B,T)
+    y: Tensor  # (B,N)
+    z: Tensor  # (B,) total-mass shift
+    alpha: Tensor  # (B,T)
+    beta: Tensor  # (B,N)
+    gamma: Tensor  # (B,)
+
+    def detached(self) -> "_DykstraState":
+        return _DykstraState(self.x.detach(), self.y.detach(), self.z.detach(), self.alpha.detach(), self.beta.detach(), self.gamma.detach())
+
+
+class _PartialSteps:
+    r"""Entropic partial OT by Dykstra's KL projections (Benamou et al. 2015, prop. 5; POT
+    ``entropic_partial_wasserstein``), in log domain on the stabilised kernel::
 
         x <- min(log a - LSE_j [L + y + z], x + alpha)      alpha <- (x_old + alpha) - x      (P1 <= a)
         y <- min(log b - z - LSE_i [L + x], y + beta)       beta  <- (y_old + beta) - y       (P^T1 <= b)
         z <- log m - LSE_j [y_j + LSE_i [L + x]]            gamma <- (z_old + gamma) - z      (sum P = m)
+
+    Started like POT from ``K * m / sum K`` (``z = log m - LSE(L)``) and zero corrections.
     """
-    row_mask, col_mask = problem.row_mask, problem.col_mask
-    if problem.partial_mass is None:
-        phi = problem.lam_rows * (problem.log_a - kernel.row_lse(state.psi))
-        phi = torch.where(row_mask, phi, 0.0)
-        psi = problem.lam_cols * (problem.log_b - kernel.col_lse(phi))
-        psi = torch.where(col_mask, psi, 0.0)
-        return _State(phi, psi, state.mass_shift, state.row_correction, state.col_correction, state.mass_correction)
 
-    z = state.mass_shift[:, None]
-    x_shifted = state.phi + state.row_correction
-    x = torch.minimum(problem.log_a - kernel.row_lse(state.psi + z), x_shifted)
-    x = torch.where(row_mask, x, 0.0)
-    alpha = torch.where(row_mask, x_shifted - x, 0.0)
-    col_lse = kernel.col_lse(x)
-    y_shifted = state.psi + state.col_correction
-    y = torch.minimum(problem.log_b - z - col_lse, y_shifted)
-    y = torch.where(col_mask, y, 0.0)
-    beta = torch.where(col_mask, y_shifted - y, 0.0)
-    z_shifted = state.mass_shift + state.mass_correction
-    z_new = math.log(problem.partial_mass) - torch.where(col_mask, y + col_lse, -math.inf).logsumexp(-1)
-    gamma = z_shifted - z_new
-    return _State(x, y, z_new, alpha, beta, gamma)
+    def __init__(self, problem: TransportProblem, threshold: float, psi_hat: Optional[Tensor] = None, phi_hat: Optional[Tensor] = None) -> None:
+        self.problem = problem
+        self.log_mass = math.log(problem.partial_mass)
+        psi_hat = torch.zeros_like(problem.log_b) if psi_hat is None else psi_hat
+        phi_hat = torch.zeros_like(problem.log_a) if phi_hat is None else phi_hat
+        self.kernel = _StabilisedKernel(problem, threshold, psi_hat, phi_hat)
+
+    def initial_state(self) -> _DykstraState:
+        p = self.problem
+        total = p.masked_log_kernel.flatten(1).logsumexp(-1)
+        zeros_rows, zeros_cols = torch.zeros_like(p.log_a), torch.zeros_like(p.log_b)
+        return _DykstraState(zeros_rows, zeros_cols, self.log_mass - total, zeros_rows, zeros_cols, torch.zeros_like(total))
+
+    def step(self, state: _DykstraState) -> _DykstraState:
+        p, k = self.problem, self.kernel
+        z = state.z[:, None]
+        x_shifted = state.x + state.alpha
+        x = torch.minimum(p.log_a - k.row_lse(state.y + z), x_shifted)
+        alpha = x_shifted - x
+        col_lse = k.col_lse(x)
+        y_shifted = state.y + state.beta
+        y = torch.minimum(p.log_b - z - col_lse, y_shifted)
+        beta = y_shifted - y
+        z_shifted = state.z + state.gamma
+        valid_terms = torch.where(p.col_mask, y + col_lse, -math.inf) if p.padded_cols else y + col_lse
+        z_new = self.log_mass - valid_terms.logsumexp(-1)
+        return _DykstraState(x, y, z_new, alpha, beta, z_shifted - z_new)
+
+    def potentials(self, state: _DykstraState) -> tuple[Tensor, Tensor]:
+        """-> (x, y + z), unmasked (padding holds finite junk)."""
+        return state.x, state.y + state.z[:, None]
 
 
-def _plan(problem: TransportProblem, state: _State) -> Tensor:
-    log_plan = problem.log_kernel + state.phi[:, :, None] + (state.psi + state.mass_shift[:, None])[:, None, :]
-    cell_mask = problem.cell_mask
-    # double where: the exp never sees padding, and padding gets an exact 0 with zero gradient
-    return torch.where(cell_mask, torch.exp(torch.where(cell_mask, log_plan, 0.0)), 0.0)
+def _masked(values: Tensor, mask: Tensor, padded: bool) -> Tensor:
+    return torch.where(mask, values, 0.0) if padded else values
 
 
-def _error(problem: TransportProblem, plan: Tensor, f: Tensor, g: Tensor) -> Tensor:
-    row_marginal, col_marginal = plan.sum(-1), plan.sum(-2)
+def _iterate(problem: TransportProblem, steps, state, n_iter: int, tol: Optional[float], check_every: int):
+    """The one loop: ``n_iter`` steps of the variant; with ``tol``, stop once every item's
+    ``error <= tol`` (checked every ``check_every`` iterations from the kernel marginals, which
+    cost two mat-vecs; left in the current grad mode because a check may re-anchor a kernel)."""
+    done = 0
+    while done < n_iter:
+        state = steps.step(state)
+        done += 1
+        if tol is not None and (done % check_every == 0 or done == n_iter):
+            phi, psi = steps.potentials(state)
+            row_marginal, col_marginal = steps.kernel.marginals(phi, psi, problem)
+            f = _masked(problem.eps * phi.detach(), problem.row_mask, problem.padded_rows)
+            g = _masked(problem.eps * psi.detach(), problem.col_mask, problem.padded_cols)
+            if bool((_error(problem, row_marginal.detach(), col_marginal.detach(), f, g) <= tol).all()):
+                break
+    return state, done
+
+
+def _plan(problem: TransportProblem, phi: Tensor, psi: Tensor) -> Tensor:
+    """``P = exp(L + phi + psi)``; -inf in the masked kernel makes padding an exact 0 (zero
+    gradient, whatever the junk potentials there)."""
+    log_plan = problem.masked_log_kernel + phi[:, :, None]  # fresh tensor: in-place below is safe
+    return log_plan.add_(psi[:, None, :]).exp_()
+
+
+def _error(problem: TransportProblem, row_marginal: Tensor, col_marginal: Tensor, f: Tensor, g: Tensor) -> Tensor:
+    """See ``TransportResult.error``; marginals are 0 and potentials 0 on padding."""
     if problem.partial_mass is not None:
         return (
             (row_marginal - problem.a).clamp_min(0).sum(-1)
             + (col_marginal - problem.b).clamp_min(0).sum(-1)
-            + (plan.sum((-2, -1)) - problem.partial_mass).abs()
+            + (row_marginal.sum(-1) - problem.partial_mass).abs()
         )
     row_target, col_target = problem.a, problem.b
     if math.isfinite(problem.rho_rows):
         row_target = problem.a * torch.exp(-f / problem.rho_rows) if problem.rho_rows > 0 else row_marginal
     if math.isfinite(problem.rho_cols):
         col_target = problem.b * torch.exp(-g / problem.rho_cols) if problem.rho_cols > 0 else col_marginal
-    row_error = torch.where(problem.row_mask, (row_marginal - row_target).abs(), 0.0).sum(-1)
-    col_error = torch.where(problem.col_mask, (col_marginal - col_target).abs(), 0.0).sum(-1)
-    return row_error + col_error
+    return (row_marginal - row_target).abs().sum(-1) + (col_marginal - col_target).abs().sum(-1)
 
 
-def _dual_value(problem: TransportProblem, plan: Tensor, f: Tensor, g: Tensor) -> Tensor:
+def _dual_value(problem: TransportProblem, row_marginal: Tensor, f: Tensor, g: Tensor) -> Tensor:
     def conjugate_term(weights: Tensor, potential: Tensor, rho: float) -> Tensor:
         if math.isinf(rho):
             return (weights * potential).sum(-1)
@@ -338,24 +482,7 @@ def _dual_value(problem: TransportProblem, plan: Tensor, f: Tensor, g: Tensor) -
             return torch.zeros_like(potential[:, 0])
         return -rho * (weights * torch.expm1(-potential / rho)).sum(-1)
 
-    return conjugate_term(problem.a, f, problem.rho_rows) + conjugate_term(problem.b, g, problem.rho_cols) - eps_mass(problem, plan)
-
-
-def _iterate(problem: TransportProblem, state: _State, n_iter: int, tol: Optional[float], check_every: int, threshold: float) -> tuple[_State, int]:
-    """Run up to ``n_iter`` iterations; with ``tol``, stop once every item's error <= tol
-    (checked every ``check_every`` iterations, without gradient)."""
-    kernel = _StabilisedKernel(problem.log_kernel, problem.row_mask, problem.col_mask, threshold)
-    done = 0
-    while done < n_iter:
-        state = _step(problem, kernel, state)
-        done += 1
-        if tol is not None and (done % check_every == 0 or done == n_iter):
-            with torch.no_grad():
-                plan = _plan(problem, state)
-                err = _error(problem, plan, problem.eps * state.phi, problem.eps * (state.psi + state.mass_shift[:, None]))
-            if bool((err <= tol).all()):
-                break
-    return state, done
+    return conjugate_term(problem.a, f, problem.rho_rows) + conjugate_term(problem.b, g, problem.rho_cols) - _eps_mass_from_marginal(problem, row_marginal)
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,22 +572,26 @@ def _make_problem(
         empty = (~mask.any(-1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"{name}: batch item(s) {empty} have no valid entry with positive weight")
-    cell_mask = row_mask[:, :, None] & col_mask[:, None, :]
-    bad = (~torch.isfinite(cost.detach()) & cell_mask).flatten(1).any(-1).nonzero().flatten().tolist()
-    if bad:
-        raise ValueError(f"cost has NaN or Inf on valid entries of batch item(s) {bad}")
+    padded_rows, padded_cols = not bool(row_mask.all()), not bool(col_mask.all())
+    cell_mask = row_mask[:, :, None] & col_mask[:, None, :] if (padded_rows or padded_cols) else None
     if partial_mass is not None:
         too_much = ((a.sum(-1) < partial_mass * (1 - 1e-6)) | (b.sum(-1) < partial_mass * (1 - 1e-6))).nonzero().flatten().tolist()
         if too_much:
             raise ValueError(f"partial_mass {partial_mass} exceeds min(sum a, sum b) for batch item(s) {too_much}")
 
-    cost = torch.where(cell_mask, cost, 0.0)  # padding may hold anything (even NaN): drop it here
+    if cell_mask is not None:
+        cost = torch.where(cell_mask, cost, 0.0)  # padding may hold anything (even NaN): drop it here
+    # one scalar reduction instead of a (B,T,N) isfinite pass; the exact check runs only if it fails
+    if not bool(torch.isfinite(cost.detach().sum())):
+        bad = (~torch.isfinite(cost.detach())).flatten(1).any(-1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"cost has NaN or Inf on valid entries of batch item(s) {bad}")
     if order_weight > 0:
         cost = cost + order_weight * temporal_order_cost(row_mask, col_mask, dtype=dtype)
-    log_kernel = -cost / eps
+    log_kernel = cost * (-1.0 / eps)  # fresh tensor: the in-place adds below are safe for autograd
     if reference == "product":
-        log_kernel = log_kernel + log_a[:, :, None] + log_b[:, None, :]
-    return TransportProblem(cost, log_kernel, row_mask, col_mask, a, b, log_a, log_b, eps, rho_rows, rho_cols, partial_mass, reference)
+        log_kernel.add_(log_a[:, :, None]).add_(log_b[:, None, :])
+    return TransportProblem(cost, log_kernel, row_mask, col_mask, a, b, log_a, log_b, eps, rho_rows, rho_cols, partial_mass, reference, padded_rows, padded_cols)
 
 
 # --------------------------------------------------------------------------------------------
@@ -550,29 +681,39 @@ def solve(
         row_mask, col_mask, row_weights, col_weights = (None if t is None else (t[None] if isinstance(t, Tensor) else t) for t in (row_mask, col_mask, row_weights, col_weights))
     problem = _make_problem(cost, row_mask, col_mask, row_weights, col_weights, eps, rho_rows, rho_cols, partial_mass, order_weight, reference)
 
-    # kernel products stay exact while potentials drift by <= threshold (in units of eps)
-    threshold = 15.0 if problem.log_kernel.dtype == torch.float32 else 100.0
+    # kernel sums stay exact while anchors are within this many units of eps (see _StabilisedKernel)
+    threshold = 10.0 if problem.log_kernel.dtype == torch.float32 else 100.0
     check_every = 10
-    state = _initial_state(problem)
+    step_kind = _UnbalancedSteps if problem.partial_mass is None else _PartialSteps
     if grad == "unrolled":
-        state, n_iter = _iterate(problem, state, max_iter, tol, check_every, threshold)
+        steps = step_kind(problem, threshold)
+        state, n_iter = _iterate(problem, steps, steps.initial_state(), max_iter, tol, check_every)
     else:
         with torch.no_grad():
-            state, n_iter = _iterate(problem, state.detached(), max_iter - 1, tol, check_every, threshold)
-        state = _step(problem, _StabilisedKernel(problem.log_kernel, problem.row_mask, problem.col_mask, threshold), state.detached())
+            steps = step_kind(problem, threshold)
+            state, n_iter = _iterate(problem, steps, steps.initial_state(), max_iter - 1, tol, check_every)
+            phi, psi = steps.potentials(state)
+        # one differentiable iteration from the detached iterate, on kernels rebuilt with autograd
+        if problem.partial_mass is None:
+            steps = _UnbalancedSteps(problem, threshold, psi_hat=psi)
+            state = steps.initial_state()  # v = 1 at psi_hat = psi: the detached iterate (the row step needs only psi)
+        else:
+            steps = _PartialSteps(problem, threshold, psi_hat=psi, phi_hat=phi)
+            state = state.detached()
+        state = steps.step(state)
         n_iter += 1
 
-    plan = _plan(problem, state)
-    f = problem.eps * state.phi
-    g = problem.eps * (state.psi + state.mass_shift[:, None])
-    g = torch.where(problem.col_mask, g, 0.0)
-    with torch.no_grad():
-        error = _error(problem, plan, f, g)
+    phi, psi = steps.potentials(state)
+    row_marginal, col_marginal = steps.kernel.marginals(phi, psi, problem)
+    plan = _plan(problem, phi, psi)
+    f = _masked(problem.eps * phi, problem.row_mask, problem.padded_rows)
+    g = _masked(problem.eps * psi, problem.col_mask, problem.padded_cols)
+    error = _error(problem, row_marginal.detach(), col_marginal.detach(), f.detach(), g.detach())
     if problem.partial_mass is None:
-        value = _dual_value(problem, plan, f, g)
+        value = _dual_value(problem, row_marginal, f, g)
     else:
         # <C,P> + eps KL(P|R) = <P1, f> + <P^T1, g> - eps (sum P - sum R), since eps log(P/R) = f + g - C
-        value = (plan.sum(-1) * f).sum(-1) + (plan.sum(-2) * g).sum(-1) - eps_mass(problem, plan)
+        value = (row_marginal * f).sum(-1) + (col_marginal * g).sum(-1) - _eps_mass_from_marginal(problem, row_marginal)
     converged_tol = tol if tol is not None else (1e-9 if plan.dtype == torch.float64 else 1e-5)
     converged = error <= converged_tol
     if squeeze:

@@ -32,8 +32,13 @@ Splits and disjointness:
   ``test_noisy`` is ``test_clean`` with the heavy imbalance of ``ImbalanceConfig.heavy()`` applied,
   so the two can be compared utterance by utterance.
 
-Everything is a function of ``seed``: each utterance draws from ``np.random.default_rng([seed,
-split, index])``, so the result does not depend on ``jobs`` or on scheduling.
+Determinism: everything is a function of ``seed``. Each utterance draws from
+``np.random.default_rng([seed, split, index])``. eSpeak itself keeps state across calls (the
+pitch-flutter index in its wave generator is a C static), so the same sentence spoken twice in one
+process can differ by a few pitch periods (~5-15 ms in word timings). Utterances are therefore
+synthesised in fixed shards of ``SHARD_SIZE``, each in a fresh process, which makes the output
+independent of ``jobs`` and scheduling; the word starts are taken from the events of the very
+synthesis that produced the audio, and recorded in ``synth.event_samples`` (22050 Hz).
 """
 
 from __future__ import annotations
@@ -444,7 +449,8 @@ def _finish(utt_id: str, split_dir: Path, base: dict[str, Any], y: np.ndarray, s
     sf.write(path, pcm, SAMPLE_RATE, subtype="PCM_16")
     utt = Utterance(
         id=utt_id,
-        audio_filepath=str(path.resolve()),
+        # relative to the corpus folder, where the manifests are written
+        audio_filepath=path.relative_to(split_dir.parent.parent).as_posix(),
         duration=pcm.size / SAMPLE_RATE,
         text=" ".join(base["words"]),
         speaker=speaker,
@@ -472,6 +478,9 @@ def _synthesize_job(job: dict[str, Any]) -> dict[str, Any]:
     synth_params = {"engine": "espeak-ng", "engine_version": base["espeak_version"], "voice": base["voice"],
                     "rate_wpm": rate_wpm, "pitch": pitch, "pitch_range": pitch_range,
                     "speak_text": base["speak_text"]}
+    # eSpeak's own word start events of this very synthesis (22050 Hz samples), kept for checking:
+    # re-synthesising later need not reproduce them exactly (see synthesize_corpus)
+    synth_params["event_samples"] = base["event_samples"]
     x, starts, ends = base["samples"], base["starts"], base["ends"]
     gain_db = float(rng.uniform(-10.0, 0.0))
     out_dir = Path(job["out_dir"])
@@ -534,12 +543,21 @@ def _make_babble_bank(sentences: list[str], voices: list[tuple[str, str]], seed:
     return bank
 
 
-def _init_worker(babble_bank: list[np.ndarray]) -> None:
-    global _BABBLE_BANK
-    _BABBLE_BANK = babble_bank
-    from otalign.data.espeak import ESpeak
+SHARD_SIZE = 50
 
-    ESpeak()  # each worker process initialises its own eSpeak
+
+def _babble_task(sentences: list[str], voices: list[tuple[str, str]], seed: int, path: str) -> int:
+    bank = _make_babble_bank(sentences, voices, seed)
+    np.savez(path, *bank)
+    return len(bank)
+
+
+def _shard_task(shard: list[dict[str, Any]], babble_path: str) -> list[dict[str, Any]]:
+    """Synthesise one shard in a fresh process (see ``synthesize_corpus`` on determinism)."""
+    global _BABBLE_BANK
+    with np.load(babble_path) as bank:
+        _BABBLE_BANK = [bank[k] for k in bank.files]
+    return [_synthesize_job(job) for job in shard]
 
 
 def _split_counts(size: str, num_utterances: int | None, num_dev: int | None,
@@ -583,7 +601,8 @@ def synthesize_corpus(
             each (50 to 2000). Scales to 100 h and more (train text is reused with new voices).
         num_dev, num_test: override the dev/test counts.
         seed: everything (texts, voices, rates, imbalance, noise) is a function of it.
-        jobs: worker processes (each initialises its own eSpeak); 1 runs in this process.
+        jobs: worker processes. Utterances are synthesised in fixed shards of ``SHARD_SIZE``, each
+            in a fresh process with its own eSpeak, so the output does not depend on ``jobs``.
         imbalanced_fraction: exact fraction of train and dev utterances that get silence/noise
             (``round(fraction * n)`` of them, chosen by the seed); ``test_noisy`` always does.
         imbalance: probabilities and ranges for train/dev (default ``ImbalanceConfig()``).
@@ -626,28 +645,31 @@ def synthesize_corpus(
                              "voices": voices, "seed": seed, "outputs": outputs, "imbalance": config_dict,
                              "out_dir": str(out_dir.resolve())})
 
-    babble_bank = _make_babble_bank(train_pool, train_voices, seed)
-    results: list[dict[str, Any]] = []
+    shards = [job_list[k:k + SHARD_SIZE] for k in range(0, len(job_list), SHARD_SIZE)]
+    babble_path = str(out_dir / "babble_bank.npz")
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
     bar = tqdm(total=len(job_list), desc="synth", unit="utt", disable=not progress) if tqdm else None
-    if jobs == 1:
-        _init_worker(babble_bank)
-        for job in job_list:
-            results.append(_synthesize_job(job))
+    # Each shard runs in a fresh process forked from a clean fork server (maxtasksperchild=1):
+    # eSpeak keeps state across calls (its pitch-flutter index is a C static), so an utterance's
+    # audio depends on what the same process spoke before. A fresh process per fixed shard makes
+    # the corpus a function of the seed alone, whatever ``jobs`` is.
+    context = multiprocessing.get_context("forkserver")
+    # the fork server imports only this module (not the caller's __main__, which may import torch)
+    context.set_forkserver_preload(["otalign.data.synth"])
+    shard_results: dict[int, list[dict[str, Any]]] = {}
+    with context.Pool(jobs, maxtasksperchild=1) as workers:
+        num_babble = workers.apply(_babble_task, (train_pool, train_voices, seed, babble_path))
+        pending = [(k, workers.apply_async(_shard_task, (shard, babble_path))) for k, shard in enumerate(shards)]
+        for k, handle in pending:
+            shard_results[k] = handle.get()
             if bar:
-                bar.update()
-    else:
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(jobs, initializer=_init_worker, initargs=(babble_bank,)) as workers:
-            for result in workers.imap(_synthesize_job, job_list, chunksize=8):
-                results.append(result)
-                if bar:
-                    bar.update()
+                bar.update(len(shards[k]))
     if bar:
         bar.close()
+    results = [r for k in range(len(shards)) for r in shard_results[k]]
 
     by_split: dict[str, list[dict[str, Any]]] = {"train": [], "dev": [], "test_clean": [], "test_noisy": []}
     errors = []
@@ -679,7 +701,7 @@ def synthesize_corpus(
         "sentence_pool": len(sentences),
         "train_text_reuse": round(num_train / max(1, len(train_pool)), 3),
         "test_voices": [f"{a}+{v}" for a, v in test_voices],
-        "babble_tracks": len(babble_bank),
+        "babble_tracks": num_babble,
         "elapsed_s": round(elapsed, 2),
         "audio_s": round(total_audio_s, 2),
         "x_real_time": round(total_audio_s / elapsed, 1) if elapsed > 0 else None,

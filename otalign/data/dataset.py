@@ -84,8 +84,8 @@ class SpeechDataset(Dataset):
         if path is not None and path.is_file():
             return np.load(path)
         try:
-            duration = utt.duration if utt.offset else None
-            samples, sample_rate = load_audio(utt.audio_filepath, utt.offset, duration)
+            # always bounded by the manifest duration: a Kaldi segment may start at 0 and end early
+            samples, sample_rate = load_audio(utt.audio_filepath, utt.offset, utt.duration)
         except ValueError as err:
             raise ValueError(f"utterance {utt.id!r}: {err}") from err
         samples = speed_perturb(samples, speed)

@@ -144,6 +144,9 @@ def import_kaldi(data_dir: str | os.PathLike, out_manifest: str | os.PathLike, s
     utterances = []
     for utt_id, raw_text in texts.items():
         where = f"utterance {utt_id!r}"
+        if not normalize_text(raw_text):
+            counter.skip(where, f"transcript {raw_text!r} is empty after normalisation", "empty transcript")
+            continue
         recording, start, end = segments[utt_id] if utt_id in segments else (utt_id, 0.0, None)
         if (data_dir / "segments").is_file() and utt_id not in segments:
             counter.skip(where, "not listed in segments", "missing segment")

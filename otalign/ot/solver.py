@@ -23,6 +23,7 @@ which is, iterate for iterate, POT's ``sinkhorn_knopp_unbalanced`` with ``u = ex
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -36,6 +37,13 @@ __all__ = ["solve", "TransportProblem", "TransportResult"]
 
 Reference = Literal["product", "ones"]
 GradMode = Literal["unrolled", "last_step"]
+
+# Kernel sums stay exact while potentials are within this many units (of eps) of the kernel's
+# anchor (see _StabilisedKernel). Tests lower it to force frequent re-anchoring.
+_ANCHOR_THRESHOLD = {torch.float32: 10.0, torch.float64: 100.0}
+# Unrolled gradients of (semi-)unbalanced OT use _UnrolledSinkhorn's reverse pass; False falls
+# back to plain autograd through the loop (same numbers, ~3x slower backward; tests compare).
+_HAND_WRITTEN_REVERSE = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,9 +180,6 @@ def eps_mass(problem: TransportProblem, plan: Tensor) -> Tensor:
     return problem.eps * (plan.sum((-2, -1)) - problem.reference_mass)
 
 
-def _eps_mass_from_marginal(problem: TransportProblem, row_marginal: Tensor) -> Tensor:
-    return problem.eps * (row_marginal.sum(-1) - problem.reference_mass)
-
 
 def _generalised_kl(p: Tensor, q: Tensor, mask: Tensor) -> Tensor:
     """``sum_k p log(p/q) - p + q`` over valid k; 0 log 0 = 0; never log(0) on valid q > 0."""
@@ -277,10 +282,20 @@ class _StabilisedKernel:
         return self.col_shift + torch.log(self.col_sums(torch.exp(phi - self.phi_hat)))
 
     def marginals(self, phi: Tensor, psi: Tensor, problem: TransportProblem) -> tuple[Tensor, Tensor]:
-        """``P 1`` and ``P^T 1`` of ``P = exp(L + phi + psi)`` by two mat-vecs (0 on padding);
-        the (B,T,N) reductions of the plan would be ~10x slower (short contiguous dims)."""
-        log_row_marginal = phi + self.row_lse(psi)
-        log_col_marginal = psi + self.col_lse(phi)
+        """``P 1`` and ``P^T 1`` of ``P = exp(L + phi + psi)``, 0 on padding, without changing the
+        anchors (an iterate stored relative to them stays valid). Two mat-vecs while the
+        potentials are within ``lse_limit`` of the anchors (always, for the Sinkhorn iterate);
+        otherwise a direct log-sum-exp over (B,N,T), which is slower but exact."""
+        psi_drift, phi_drift = psi - self.psi_hat, phi - self.phi_hat
+        if self.drifted(psi_drift, self.lse_limit):
+            row_lse = (self.log_k + psi[:, :, None]).logsumexp(1)
+        else:
+            row_lse = self.row_shift + torch.log(self.row_sums(torch.exp(psi_drift)))
+        if self.drifted(phi_drift, self.lse_limit):
+            col_lse = (self.log_h_t + phi[:, None, :]).logsumexp(-1)
+        else:
+            col_lse = self.col_shift + torch.log(self.col_sums(torch.exp(phi_drift)))
+        log_row_marginal, log_col_marginal = phi + row_lse, psi + col_lse
         # padding's junk may overflow exp: -inf before the exp gives exact zeros with zero gradient
         if problem.padded_rows:
             log_row_marginal = torch.where(problem.row_mask, log_row_marginal, -math.inf)
@@ -325,6 +340,7 @@ class _UnbalancedSteps:
         self.threshold = threshold
         self.lam_rows = problem.lam_rows
         self.lam_cols = problem.lam_cols
+        self.tape: Optional[list] = None
         if psi_hat is None:
             psi_hat = torch.zeros_like(problem.log_b)
         self.kernel = _StabilisedKernel(problem, threshold, psi_hat)
@@ -347,13 +363,17 @@ class _UnbalancedSteps:
 
     def step(self, state: _ScalingState) -> _ScalingState:
         k = self.kernel
-        row_sums = k.row_sums(torch.exp(state.log_v))
+        v = torch.exp(state.log_v)
+        row_sums = k.row_sums(v)
         if self.lam_rows == 1.0:
             u = self.c_row / row_sums
         else:  # exp(-lam * log) is ~2x faster than pow on CPU
             u = self.c_row * torch.exp(torch.log(row_sums) * -self.lam_rows)
         u_anchor = k.phi_hat
-        log_col_sums = torch.log(k.col_sums(u))
+        col_sums = k.col_sums(u)
+        if self.tape is not None:  # what _UnrolledSinkhorn.backward needs: vectors, kernel references
+            self.tape.append((k.row_kernel, k.col_kernel, v, row_sums, u, col_sums))
+        log_col_sums = torch.log(col_sums)
         if self.lam_cols == 1.0:
             log_v = self.log_c_col - log_col_sums
         else:
@@ -451,6 +471,94 @@ def _iterate(problem: TransportProblem, steps, state, n_iter: int, tol: Optional
     return state, done
 
 
+class _UnrolledSinkhorn(torch.autograd.Function):
+    r"""Unrolled differentiation of the scaling iteration, with a hand-written reverse pass.
+
+    Autograd through the loop would differentiate every ``bmm`` w.r.t. its kernel separately: one
+    (B,T,N) outer product and one (B,T,N) accumulation per mat-vec, 2 x ``n_iter`` of them. The
+    reverse pass below is the same chain rule, but it collects the vectors of all iterations that
+    used one kernel and forms that kernel's gradient with one batched GEMM. Per iteration it costs
+    two mat-vecs, like the forward; the tape holds only (B,T)/(B,N) vectors per iteration.
+
+    Reverse of one iteration (bars are gradients; ``s = K v``, ``w = H^T u``, ``lv = log v``)::
+
+        lv = log c_col - lam_cols log w     ->  w_bar = -lam_cols lv_bar / w,   (log c_col)_bar += lv_bar
+        w = H^T u                           ->  u_bar = H w_bar,                H_bar += u ⊗ w_bar
+        log u = log c_row - lam_rows log s  ->  s_bar = -lam_rows lu_bar / s,   (log c_row)_bar += lu_bar
+        s = K v                             ->  v_bar = K^T s_bar,              K_bar += v ⊗ s_bar
+
+    with ``lu_bar = u * u_bar`` and the previous ``lv_bar = v * v_bar``. Kernels
+    ``K = exp(log_k + psi_hat - sigma)`` (anchors and shifts are constants) give
+    ``L_bar = K * K_bar`` (transposed back) and ``H * H_bar``; ``log c_row = lam_rows (log a - sigma)
+    - phi_hat`` gives ``(log a)_bar = lam_rows * sum of (log c_row)_bar``, and likewise for b.
+    Re-anchoring ``lv <- lv - detach(lv)`` has derivative one, so it is invisible here.
+    """
+
+    @staticmethod
+    def forward(ctx, log_kernel: Tensor, log_a: Tensor, log_b: Tensor, run: "_UnrolledRun") -> tuple[Tensor, Tensor]:
+        steps = run.steps
+        steps.tape = []
+        state, run.n_iter = _iterate(steps.problem, steps, steps.initial_state(), run.max_iter, run.tol, run.check_every)
+        tape, steps.tape = steps.tape, None
+        ctx.tape = tape
+        ctx.lam_rows, ctx.lam_cols = steps.lam_rows, steps.lam_cols
+        ctx.last_u = state.u
+        phi, psi = steps.potentials(state)
+        return phi, psi
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, phi_bar: Tensor, psi_bar: Tensor):
+        lam_rows, lam_cols = ctx.lam_rows, ctx.lam_cols
+        log_v_bar = psi_bar
+        log_u_bar_out = phi_bar  # d phi / d log u = 1 for the last iterate
+        log_a_bar = torch.zeros_like(phi_bar)
+        log_b_bar = torch.zeros_like(psi_bar)
+        # per kernel (by identity): lists of (vector, gradient) pairs for one GEMM each
+        row_kernel_terms: dict[int, tuple[Tensor, list, list]] = {}
+        col_kernel_terms: dict[int, tuple[Tensor, list, list]] = {}
+        for position in range(len(ctx.tape) - 1, -1, -1):
+            row_kernel, col_kernel, v, row_sums, u, col_sums = ctx.tape[position]
+            log_b_bar += log_v_bar
+            col_sums_bar = log_v_bar * (-lam_cols) / col_sums
+            col_kernel_terms.setdefault(id(col_kernel), (col_kernel, [], []))
+            col_kernel_terms[id(col_kernel)][1].append(u)
+            col_kernel_terms[id(col_kernel)][2].append(col_sums_bar)
+            u_bar = torch.bmm(col_sums_bar[:, None, :], col_kernel.transpose(1, 2))[:, 0, :]
+            log_u_bar = u * u_bar
+            if position == len(ctx.tape) - 1:
+                log_u_bar = log_u_bar + log_u_bar_out
+            log_a_bar += log_u_bar
+            row_sums_bar = log_u_bar * (-lam_rows) / row_sums
+            row_kernel_terms.setdefault(id(row_kernel), (row_kernel, [], []))
+            row_kernel_terms[id(row_kernel)][1].append(v)
+            row_kernel_terms[id(row_kernel)][2].append(row_sums_bar)
+            v_bar = torch.bmm(row_sums_bar[:, None, :], row_kernel.transpose(1, 2))[:, 0, :]
+            log_v_bar = v * v_bar
+        log_kernel_bar = None
+        if ctx.needs_input_grad[0]:
+            log_kernel_bar_t = None  # (B,N,T)
+            for row_kernel, vectors, grads in row_kernel_terms.values():
+                # K_bar = sum_t v_t ⊗ s_bar_t = V^T S_bar: (B,N,n) @ (B,n,T)
+                term = torch.bmm(torch.stack(vectors, 2), torch.stack(grads, 1)).mul_(row_kernel)
+                log_kernel_bar_t = term if log_kernel_bar_t is None else log_kernel_bar_t.add_(term)
+            log_kernel_bar = log_kernel_bar_t.transpose(1, 2).contiguous()
+            for col_kernel, vectors, grads in col_kernel_terms.values():
+                log_kernel_bar.add_(torch.bmm(torch.stack(vectors, 2), torch.stack(grads, 1)).mul_(col_kernel))
+        return log_kernel_bar, log_a_bar * lam_rows, log_b_bar * lam_cols, None
+
+
+@dataclass
+class _UnrolledRun:
+    """Non-tensor arguments of :class:`_UnrolledSinkhorn` (and where it reports ``n_iter``)."""
+
+    steps: _UnbalancedSteps
+    max_iter: int
+    tol: Optional[float]
+    check_every: int
+    n_iter: int = 0
+
+
 def _plan(problem: TransportProblem, phi: Tensor, psi: Tensor) -> Tensor:
     """``P = exp(L + phi + psi)``; -inf in the masked kernel makes padding an exact 0 (zero
     gradient, whatever the junk potentials there)."""
@@ -474,7 +582,7 @@ def _error(problem: TransportProblem, row_marginal: Tensor, col_marginal: Tensor
     return (row_marginal - row_target).abs().sum(-1) + (col_marginal - col_target).abs().sum(-1)
 
 
-def _dual_value(problem: TransportProblem, row_marginal: Tensor, f: Tensor, g: Tensor) -> Tensor:
+def _dual_value(problem: TransportProblem, total_mass: Tensor, f: Tensor, g: Tensor) -> Tensor:
     def conjugate_term(weights: Tensor, potential: Tensor, rho: float) -> Tensor:
         if math.isinf(rho):
             return (weights * potential).sum(-1)
@@ -482,7 +590,7 @@ def _dual_value(problem: TransportProblem, row_marginal: Tensor, f: Tensor, g: T
             return torch.zeros_like(potential[:, 0])
         return -rho * (weights * torch.expm1(-potential / rho)).sum(-1)
 
-    return conjugate_term(problem.a, f, problem.rho_rows) + conjugate_term(problem.b, g, problem.rho_cols) - _eps_mass_from_marginal(problem, row_marginal)
+    return conjugate_term(problem.a, f, problem.rho_rows) + conjugate_term(problem.b, g, problem.rho_cols) - problem.eps * (total_mass - problem.reference_mass)
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,39 +789,49 @@ def solve(
         row_mask, col_mask, row_weights, col_weights = (None if t is None else (t[None] if isinstance(t, Tensor) else t) for t in (row_mask, col_mask, row_weights, col_weights))
     problem = _make_problem(cost, row_mask, col_mask, row_weights, col_weights, eps, rho_rows, rho_cols, partial_mass, order_weight, reference)
 
-    # kernel sums stay exact while anchors are within this many units of eps (see _StabilisedKernel)
-    threshold = 10.0 if problem.log_kernel.dtype == torch.float32 else 100.0
+    threshold = _ANCHOR_THRESHOLD[problem.log_kernel.dtype]
     check_every = 10
     step_kind = _UnbalancedSteps if problem.partial_mass is None else _PartialSteps
-    if grad == "unrolled":
-        steps = step_kind(problem, threshold)
-        state, n_iter = _iterate(problem, steps, steps.initial_state(), max_iter, tol, check_every)
-    else:
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (problem.log_kernel, problem.log_a, problem.log_b))
+    if grad == "unrolled" and needs_grad and problem.partial_mass is None and _HAND_WRITTEN_REVERSE:
+        # the loop runs on a detached copy; _UnrolledSinkhorn supplies the exact reverse pass
+        detached = dataclasses.replace(problem, log_kernel=problem.log_kernel.detach(), log_a=problem.log_a.detach(), log_b=problem.log_b.detach())
         with torch.no_grad():
+            steps = _UnbalancedSteps(detached, threshold)
+        run = _UnrolledRun(steps, max_iter, tol, check_every)
+        phi, psi = _UnrolledSinkhorn.apply(problem.log_kernel, problem.log_a, problem.log_b, run)
+        n_iter = run.n_iter
+    else:
+        if grad == "unrolled" or not needs_grad:  # partial OT unrolls through plain autograd
             steps = step_kind(problem, threshold)
-            state, n_iter = _iterate(problem, steps, steps.initial_state(), max_iter - 1, tol, check_every)
-            phi, psi = steps.potentials(state)
-        # one differentiable iteration from the detached iterate, on kernels rebuilt with autograd
-        if problem.partial_mass is None:
-            steps = _UnbalancedSteps(problem, threshold, psi_hat=psi)
-            state = steps.initial_state()  # v = 1 at psi_hat = psi: the detached iterate (the row step needs only psi)
+            state, n_iter = _iterate(problem, steps, steps.initial_state(), max_iter, tol, check_every)
         else:
-            steps = _PartialSteps(problem, threshold, psi_hat=psi, phi_hat=phi)
-            state = state.detached()
-        state = steps.step(state)
-        n_iter += 1
+            with torch.no_grad():
+                steps = step_kind(problem, threshold)
+                state, n_iter = _iterate(problem, steps, steps.initial_state(), max_iter - 1, tol, check_every)
+                phi, psi = steps.potentials(state)
+            # one differentiable iteration from the detached iterate, on kernels rebuilt with autograd
+            if problem.partial_mass is None:
+                steps = _UnbalancedSteps(problem, threshold, psi_hat=psi)
+                state = steps.initial_state()  # v = 1 at psi_hat = psi: the detached iterate (the row step needs only psi)
+            else:
+                steps = _PartialSteps(problem, threshold, psi_hat=psi, phi_hat=phi)
+                state = state.detached()
+            state = steps.step(state)
+            n_iter += 1
+        phi, psi = steps.potentials(state)
 
-    phi, psi = steps.potentials(state)
-    row_marginal, col_marginal = steps.kernel.marginals(phi, psi, problem)
     plan = _plan(problem, phi, psi)
     f = _masked(problem.eps * phi, problem.row_mask, problem.padded_rows)
     g = _masked(problem.eps * psi, problem.col_mask, problem.padded_cols)
-    error = _error(problem, row_marginal.detach(), col_marginal.detach(), f.detach(), g.detach())
+    with torch.no_grad():
+        row_marginal, col_marginal = steps.kernel.marginals(phi, psi, problem)
+        error = _error(problem, row_marginal, col_marginal, f, g)
     if problem.partial_mass is None:
-        value = _dual_value(problem, row_marginal, f, g)
+        value = _dual_value(problem, plan.sum((-2, -1)), f, g)
     else:
-        # <C,P> + eps KL(P|R) = <P1, f> + <P^T1, g> - eps (sum P - sum R), since eps log(P/R) = f + g - C
-        value = (row_marginal * f).sum(-1) + (col_marginal * g).sum(-1) - _eps_mass_from_marginal(problem, row_marginal)
+        # <C,P> + eps KL(P|R) = <P, f ⊕ g> - eps (sum P - sum R), since eps log(P/R) = f + g - C
+        value = (plan * (f[:, :, None] + g[:, None, :])).sum((-2, -1)) - problem.eps * (plan.sum((-2, -1)) - problem.reference_mass)
     converged_tol = tol if tol is not None else (1e-9 if plan.dtype == torch.float64 else 1e-5)
     converged = error <= converged_tol
     if squeeze:

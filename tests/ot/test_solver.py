@@ -266,3 +266,49 @@ def test_nan_on_padding_is_not_an_error():
     row_mask = torch.ones(2, 4, dtype=torch.bool)
     row_mask[1, 3] = False
     assert _finite(solve(cost, row_mask=row_mask).plan)
+
+
+# ---------------------------------------------------------------- internals that must be invisible
+@pytest.mark.parametrize("threshold", [0.5, 100.0], ids=["reanchor-often", "default"])
+@pytest.mark.parametrize("kwargs", [dict(), dict(rho_rows=0.3), dict(rho_rows=0.3, rho_cols=2.0, reference="ones"), dict(partial_mass=0.7)])
+def test_reanchoring_the_kernel_does_not_change_the_plan(monkeypatch, threshold, kwargs):
+    """Absorbing potentials into the kernel (Schmitzer's stabilisation) is exact: with the
+    threshold forced down to 0.5 (a re-anchor nearly every iteration) the plan still equals POT's."""
+    import otalign.ot.solver as solver_module
+
+    monkeypatch.setitem(solver_module._ANCHOR_THRESHOLD, torch.float64, threshold)
+    data = random_padded_batch(14, 3, 9, 5)
+    eps = 0.05
+    res = solve(data.cost, data.row_mask, data.col_mask, eps=eps, max_iter=60, **kwargs)
+    for item in range(3):
+        t, n = data.row_lengths[item], data.col_lengths[item]
+        a, b = np.full(t, 1 / t), np.full(n, 1 / n)
+        if "partial_mass" in kwargs:
+            cost = data.valid_slice(item) - eps * np.log(np.outer(a, b))
+            expected = ot.partial.entropic_partial_wasserstein(a, b, cost, reg=eps, m=0.7, numItermax=60)
+        else:
+            expected = ot.unbalanced.sinkhorn_unbalanced(
+                a, b, data.valid_slice(item), reg=eps, reg_m=(kwargs.get("rho_rows", INF), kwargs.get("rho_cols", INF)),
+                reg_type="kl" if kwargs.get("reference", "product") == "product" else "entropy", numItermax=60, stopThr=0.0)
+        np.testing.assert_allclose(res.plan[item, :t, :n].numpy(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 100.0], ids=["reanchor-often", "default"])
+@pytest.mark.parametrize("kwargs", [dict(), dict(rho_rows=0.3), dict(rho_rows=0.3, rho_cols=2.0, reference="ones")])
+def test_hand_written_reverse_pass_equals_autograd(monkeypatch, threshold, kwargs):
+    import otalign.ot.solver as solver_module
+
+    monkeypatch.setitem(solver_module._ANCHOR_THRESHOLD, torch.float64, threshold)
+    data = random_padded_batch(15, 3, 9, 5)
+    torch.manual_seed(0)
+    probe = torch.randn(3, 9, 5, dtype=torch.float64)
+    grads = []
+    for hand_written in (True, False):
+        monkeypatch.setattr(solver_module, "_HAND_WRITTEN_REVERSE", hand_written)
+        cost = data.cost.clone().requires_grad_(True)
+        row_weights = torch.rand(3, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).add(0.5).requires_grad_(True)
+        res = solve(cost, data.row_mask, data.col_mask, row_weights, eps=0.05, max_iter=40, **kwargs)
+        loss = (res.plan * probe).sum() + res.value.sum() + (res.row_potential * probe[:, :, 0]).sum() + res.col_potential.sum()
+        grads.append(torch.autograd.grad(loss, (cost, row_weights)))
+    for hand, auto in zip(*grads):
+        torch.testing.assert_close(hand, auto, atol=1e-9, rtol=1e-7)

@@ -43,7 +43,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-import torch.nn.functional as F
 
 __all__ = [
     "AlignOutput",

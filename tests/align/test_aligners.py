@@ -1,6 +1,5 @@
 """Aligners behind one interface: plans, masses, padding, CIF's closed form."""
 
-import math
 
 import pytest
 import torch

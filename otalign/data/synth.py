@@ -99,7 +99,7 @@ PITCH_VARIATION_RANGE = (30, 80)
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (40, 8, 8),
     "demo": (1500, 150, 150),
-    "bench": (4000, 300, 300),
+    "bench": (3000, 300, 300),
 }
 
 FORTUNES_DIR = "/usr/share/games/fortunes"
@@ -610,8 +610,9 @@ def synthesize_corpus(
     ``wav/<split>/<shard>/<id>.wav`` (16 kHz mono PCM16).
 
     Args:
-        size: ``"tiny"`` (40/8/8), ``"demo"`` (1500/150/150) or ``"bench"`` (4000/300/300)
-            utterances in train/dev/test (test counts apply to both test_clean and test_noisy).
+        size: ``"tiny"`` (40/8/8), ``"demo"`` (1500/150/150) or ``"bench"`` (3000/300/300)
+            utterances in train/dev/test (test counts apply to both test_clean and test_noisy);
+            demo is about 2.0 h of train audio (2.6 h in all), bench about 3.9 h (5 h in all).
         num_utterances: number of train utterances (overrides ``size``); dev and test then get 5%
             each (50 to 2000). Scales to 100 h and more (train text is reused with new voices).
         num_dev, num_test: override the dev/test counts.

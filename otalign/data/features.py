@@ -207,6 +207,23 @@ class GlobalCMVN:
             raise ValueError("GlobalCMVN.from_features: no frames")
         return cmvn
 
+    @classmethod
+    def from_manifest(cls, manifest: str | os.PathLike, max_utterances: int | None = None) -> "GlobalCMVN":
+        """Statistics over the fbank of a manifest's utterances (the first ``max_utterances``)."""
+        from otalign.data.manifest import read_manifest
+
+        utterances = read_manifest(manifest).utterances[:max_utterances]
+
+        def features():
+            for utt in utterances:
+                try:
+                    samples, rate = load_audio(utt.audio_filepath, utt.offset, utt.duration)
+                except AudioError as err:
+                    raise ValueError(f"utterance {utt.id!r}: {err}") from err
+                yield compute_fbank(samples, rate)
+
+        return cls.from_features(features())
+
     def apply(self, feats):
         if self.mean is None:
             raise ValueError("GlobalCMVN has no statistics: accumulate, from_features or load first")

@@ -104,3 +104,11 @@ def test_bucket_sampler_rejects_bad_arguments():
         BucketBatchSampler([1.0], max_frames=10, max_seconds=1.0)
     with pytest.raises(ValueError, match="rank"):
         BucketBatchSampler([1.0], max_frames=10, num_replicas=2, rank=2)
+
+
+def test_dataset_names_the_utterance_whose_audio_is_missing(tmp_path):
+    from otalign.data.manifest import Utterance
+
+    ds = SpeechDataset([Utterance(id="lost-1", audio_filepath=str(tmp_path / "gone.wav"), duration=1.0, text="hi")])
+    with pytest.raises(ValueError, match="utterance 'lost-1'.*does not exist"):
+        ds[0]

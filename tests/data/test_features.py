@@ -96,3 +96,14 @@ def test_speed_perturbation_scales_duration():
     assert abs(speed_perturb(x, 1.1).size - 16000 / 1.1) <= 1
     assert abs(speed_perturb(x, 0.9).size - 16000 / 0.9) <= 1
     assert speed_perturb(x, 1.0).size == 16000
+
+
+def test_global_cmvn_from_manifest_matches_stats_of_its_features(tiny_corpus):
+    from otalign.data.manifest import read_manifest
+
+    corpus_dir, _ = tiny_corpus
+    cmvn = GlobalCMVN.from_manifest(corpus_dir / "dev.jsonl")
+    feats = np.concatenate([compute_fbank(*load_audio(u.audio_filepath))
+                            for u in read_manifest(corpus_dir / "dev.jsonl")])
+    assert np.allclose(cmvn.mean, feats.mean(axis=0), atol=1e-3)
+    assert np.allclose(cmvn.std, feats.std(axis=0), rtol=1e-3)

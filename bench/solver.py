@@ -1,0 +1,363 @@
+"""Solver benchmark: otalign.ot.solve against POT, POT ot.batch, GeomLoss and OTT-JAX, in one process.
+
+    python -m bench.solver            # full run (~5-10 min on 2 busy cores), writes docs/benchmarks.md
+    python -m bench.solver --quick    # one size, 3 repeats, no file written unless --write
+
+Setting (issue 2): B=32 problems, (T,N) in {(100,10),(250,30),(500,60)}, 100 iterations, fp32,
+semi-relaxed UOT (rho_rows=1, rho_cols=inf, eps=0.1), cosine costs of random unit vectors (D=64).
+
+What each row runs (same costs, same iteration count, no early stopping):
+- ``otalign eager``: ``solve(C, eps=0.1, rho_rows=1.0, max_iter=100)`` under ``torch.no_grad``.
+- ``otalign fwd+bwd (unrolled|last_step)``: the same with ``C.requires_grad``, then
+  ``(plan * C).sum().backward()``.
+- ``POT loop``: ``ot.unbalanced.sinkhorn_unbalanced(a, b, C[i], reg=0.1, reg_m=(1.0, inf),
+  reg_type='kl', method='sinkhorn', numItermax=100, stopThr=0)`` for each of the 32 problems
+  (numpy fp32). The same problem, iterate for iterate.
+- ``POT ot.batch (balanced)``: ``ot.batch.solve_batch(C, reg=0.1, max_iter=100, tol=0,
+  method='log_sinkhorn', grad='detach')`` on the torch tensor. POT's batch solver is balanced only.
+- ``GeomLoss solve_batch (unbalanced)``: ``geomloss.ot.solve_batch(C, reg=0.1, unbalanced=1.0,
+  max_iter=100)``. GeomLoss has one symmetric ``unbalanced`` (both marginals relaxed, rho=1) and
+  anneals eps over its 100 iterations: not the same problem, a speed reference only.
+- ``OTT-JAX jit(vmap)``: ``jax.jit(jax.vmap(solve_one))`` with ``Geometry(cost_matrix=C,
+  epsilon=0.1)``, ``LinearProblem(tau_a=rho/(rho+eps), tau_b=1)``, ``Sinkhorn(min_iterations=100,
+  max_iterations=100, lse_mode=True)`` (OTT's reference measure is 1, POT's 'entropy').
+  Compilation happens in the warm-up; shown as "not installed" when ``ott`` is missing.
+
+Threads: every contender runs single-threaded (torch.set_num_threads(1), OMP/MKL/OpenBLAS=1,
+XLA single-thread Eigen), because the target machine has 2 cores shared with other jobs: with 2
+threads, a (32,30)x(30,250) ``bmm`` went from 50 us to 4-8 ms when the second core was busy.
+Timing: wall clock, median (and min) over ``--repeats`` runs after one warm-up run.
+
+Peak memory: each (mode, iterations) runs in a fresh subprocess; we report the growth of the
+process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) across one
+forward+backward, after a warm-up forward+backward at 1 iteration. tracemalloc cannot see torch's
+allocations; ru_maxrss can, at page granularity, and includes allocator slack.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+EPS = 0.1
+RHO_ROWS = 1.0
+BATCH = 32
+DIM = 64
+SIZES = [(100, 10), (250, 30), (500, 60)]
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmarks.md"
+
+
+def _single_thread_environment() -> None:
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = "1"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _costs(n_rows: int, n_cols: int, seed: int = 0):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    frames = torch.randn(BATCH, n_rows, DIM, generator=generator)
+    tokens = torch.randn(BATCH, n_cols, DIM, generator=generator)
+    from otalign.ot import cosine_cost
+
+    return cosine_cost(frames, tokens).contiguous()  # fp32, values in [0, 2]
+
+
+def _time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """-> (median, min) wall seconds after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+# ---------------------------------------------------------------------------- contenders
+def otalign_forward(cost, iterations: int):
+    import torch
+
+    from otalign.ot import solve
+
+    def run():
+        with torch.no_grad():
+            return solve(cost, eps=EPS, rho_rows=RHO_ROWS, max_iter=iterations).plan
+
+    return run
+
+
+def otalign_compiled(cost, iterations: int):
+    """``torch.compile(solve)``: the loop's per-iteration drift check (a host sync) splits the
+    graph, so this mostly adds guard overhead; measured for completeness behind ``--compile``."""
+    import torch
+
+    from otalign.ot import solve
+
+    compiled = torch.compile(lambda c: solve(c, eps=EPS, rho_rows=RHO_ROWS, max_iter=iterations).plan)
+
+    def run():
+        with torch.no_grad():
+            return compiled(cost)
+
+    return run
+
+
+def otalign_forward_backward(cost, iterations: int, grad: str):
+    from otalign.ot import solve
+
+    def run():
+        leaf = cost.detach().requires_grad_(True)
+        plan = solve(leaf, eps=EPS, rho_rows=RHO_ROWS, max_iter=iterations, grad=grad).plan
+        (plan * cost).sum().backward()
+        return leaf.grad
+
+    return run
+
+
+def pot_loop(cost, iterations: int):
+    import numpy as np
+    import ot
+
+    costs = cost.numpy()
+    n_rows, n_cols = costs.shape[1:]
+    a = np.full(n_rows, 1.0 / n_rows, dtype=np.float32)
+    b = np.full(n_cols, 1.0 / n_cols, dtype=np.float32)
+
+    def run():
+        return [
+            ot.unbalanced.sinkhorn_unbalanced(a, b, costs[i], reg=EPS, reg_m=(RHO_ROWS, float("inf")), reg_type="kl",
+                                              method="sinkhorn", numItermax=iterations, stopThr=0.0)
+            for i in range(costs.shape[0])
+        ]
+
+    return run
+
+
+def pot_batch_balanced(cost, iterations: int):
+    import ot
+
+    def run():
+        return ot.batch.solve_batch(cost, reg=EPS, max_iter=iterations, tol=0.0, method="log_sinkhorn", grad="detach").plan
+
+    return run
+
+
+def geomloss_batch(cost, iterations: int):
+    import torch
+    from geomloss import ot as geomloss_ot
+
+    def run():
+        with torch.no_grad():
+            return geomloss_ot.solve_batch(cost, reg=EPS, unbalanced=RHO_ROWS, max_iter=iterations).plan
+
+    return run
+
+
+def ott_jit_vmap(cost, iterations: int):
+    import jax
+    import jax.numpy as jnp
+    from ott.geometry import geometry
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import sinkhorn
+
+    solver = sinkhorn.Sinkhorn(min_iterations=iterations, max_iterations=iterations, lse_mode=True)
+
+    def solve_one(single_cost):
+        geom = geometry.Geometry(cost_matrix=single_cost, epsilon=EPS)
+        problem = linear_problem.LinearProblem(geom, tau_a=RHO_ROWS / (RHO_ROWS + EPS), tau_b=1.0)
+        return solver(problem).matrix
+
+    solve_batch = jax.jit(jax.vmap(solve_one))
+    costs = jnp.asarray(cost.numpy())
+
+    def run():
+        return solve_batch(costs).block_until_ready()
+
+    return run
+
+
+def _ott_version() -> Optional[str]:
+    try:
+        import ott
+
+        return getattr(ott, "__version__", "unknown")
+    except Exception:  # noqa: BLE001 - any import failure means "not installed" here
+        return None
+
+
+# ---------------------------------------------------------------------------- memory
+def _peak_memory_child(n_rows: int, n_cols: int, iterations: int, grad: str) -> None:
+    """Runs in a fresh process: prints the growth of ru_maxrss (KiB) over one fwd+bwd."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(1)
+    cost = _costs(n_rows, n_cols)
+    otalign_forward_backward(cost, 1, grad)()  # warm-up: imports, allocator, autograd engine
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    otalign_forward_backward(cost, iterations, grad)()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_growth_kib": after - before}))
+
+
+def peak_memory_mib(n_rows: int, n_cols: int, iterations: int, grad: str) -> float:
+    command = [sys.executable, "-m", "bench.solver", "--memory-child", f"{n_rows},{n_cols},{iterations},{grad}"]
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True, env=os.environ.copy())
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_kib"] / 1024
+
+
+# ---------------------------------------------------------------------------- report
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}, load average {load:.1f} at start"
+
+
+def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, memory: bool, compile_too: bool = False) -> str:
+    import torch
+
+    torch.set_num_threads(1)
+    import geomloss
+    import ot
+
+    ott_version = _ott_version()
+    rows = []  # (size, name, median, min)
+    failures = []
+    for n_rows, n_cols in sizes:
+        cost = _costs(n_rows, n_cols)
+        contenders = [
+            ("otalign eager (fwd)", otalign_forward(cost, iterations)),
+            ("otalign fwd+bwd unrolled", otalign_forward_backward(cost, iterations, "unrolled")),
+            ("otalign fwd+bwd last_step", otalign_forward_backward(cost, iterations, "last_step")),
+            ("POT loop sinkhorn_unbalanced", pot_loop(cost, iterations)),
+            ("POT ot.batch (balanced)", pot_batch_balanced(cost, iterations)),
+            ("GeomLoss solve_batch (unbalanced, annealed)", geomloss_batch(cost, iterations)),
+        ]
+        if compile_too:
+            contenders.insert(1, ("otalign torch.compile (fwd)", otalign_compiled(cost, iterations)))
+        if ott_version is not None:
+            contenders.append(("OTT-JAX jit(vmap)", ott_jit_vmap(cost, iterations)))
+        for name, fn in contenders:
+            try:
+                median, best = _time(fn, repeats)
+            except Exception as error:  # noqa: BLE001 - a broken peer must not hide the others
+                failures.append(f"{name} at {n_rows}x{n_cols}: {type(error).__name__}: {error}")
+                continue
+            rows.append(((n_rows, n_cols), name, median, best))
+            print(f"{n_rows}x{n_cols}  {name:45s} median {median * 1e3:8.2f} ms  min {best * 1e3:8.2f} ms", flush=True)
+
+    lines = ["| T×N | contender | median (ms) | min (ms) | ×POT loop | ×OTT-JAX |", "|---|---|---|---|---|---|"]
+    for size in sizes:
+        by_name = {name: (median, best) for s, name, median, best in rows if s == size}
+        pot = by_name.get("POT loop sinkhorn_unbalanced", (float("nan"),))[0]
+        ott_time = by_name.get("OTT-JAX jit(vmap)", (float("nan"),))[0]
+        for s, name, median, best in rows:
+            if s != size:
+                continue
+            ratio_ott = f"{median / ott_time:.2f}" if ott_version is not None else "n/a"
+            lines.append(f"| {size[0]}×{size[1]} | {name} | {median * 1e3:.1f} | {best * 1e3:.1f} | {median / pot:.3f} | {ratio_ott} |")
+        if ott_version is None:
+            lines.append(f"| {size[0]}×{size[1]} | OTT-JAX jit(vmap) | not installed | | | |")
+        forward = by_name.get("otalign eager (fwd)", (float("nan"),))[0]
+        for mode in ("unrolled", "last_step"):
+            both = by_name.get(f"otalign fwd+bwd {mode}", (float("nan"),))[0]
+            lines.append(f"| {size[0]}×{size[1]} | otalign (fwd+bwd {mode}) / fwd | {both / forward:.2f}× | | | |")
+    table = "\n".join(lines)
+
+    memory_table = ""
+    if memory:
+        mem_lines = ["| T×N | grad mode | 50 iterations (MiB) | 200 iterations (MiB) |", "|---|---|---|---|"]
+        for n_rows, n_cols in [sizes[-1]]:
+            for grad in ("unrolled", "last_step"):
+                values = [peak_memory_mib(n_rows, n_cols, iters, grad) for iters in (50, 200)]
+                mem_lines.append(f"| {n_rows}×{n_cols} | {grad} | {values[0]:.1f} | {values[1]:.1f} |")
+                print(f"memory {n_rows}x{n_cols} {grad}: {values}", flush=True)
+        memory_table = "\n".join(mem_lines)
+
+    versions = f"POT {ot.__version__}, GeomLoss {geomloss.__version__}, OTT-JAX {ott_version or 'not installed'}"
+    if ott_version is not None:
+        import jax
+
+        versions += f" (jax {jax.__version__})"
+    parts = [table]
+    if memory_table:
+        parts += ["", "Peak memory growth over one forward+backward (ru_maxrss delta, fresh process per cell):", "", memory_table]
+    if failures:
+        parts += ["", "Failures:", ""] + [f"- {failure}" for failure in failures]
+    parts += ["", f"Versions: {versions}."]
+    return "\n".join(parts)
+
+
+def write_section(body: str, command: str) -> None:
+    """Replace (or create) the ``## Solver`` section of docs/benchmarks.md, keeping other sections."""
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        "## Solver\n\n"
+        f"Measured {date} on {_machine()}.\n\n"
+        f"Command: `{command}`\n\n"
+        f"Setting: B={BATCH}, 100 iterations, fp32, semi-relaxed UOT (rho_rows={RHO_ROWS}, rho_cols=inf, eps={EPS}), "
+        f"cosine costs of random unit vectors (D={DIM}); single-threaded everywhere (see `bench/solver.py`). "
+        "Ratios use medians from the same run.\n\n"
+        f"{body}\n"
+    )
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
+    start = text.find("## Solver")
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end != -1 else "")
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only 250x30, 3 repeats, no memory runs, no file unless --write")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per contender (default 7, quick 3)")
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(solve) (compiles ~2 min per size)")
+    parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md even with --quick")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    _single_thread_environment()
+    sys.path.insert(0, str(REPO))
+    if args.memory_child:
+        n_rows, n_cols, iterations, grad = args.memory_child.split(",")
+        _peak_memory_child(int(n_rows), int(n_cols), int(iterations), grad)
+        return
+    sizes = [(250, 30)] if args.quick else SIZES
+    repeats = args.repeats or (3 if args.quick else 7)
+    body = run_benchmark(sizes, args.iterations, repeats, memory=not (args.quick or args.no_memory), compile_too=args.compile)
+    print(body)
+    if args.write or not args.quick:
+        command = "python -m bench.solver " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_section(body, command.strip())
+        print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()

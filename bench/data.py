@@ -92,7 +92,8 @@ def _section(synth: list[dict], feats: list[tuple[float, float]], feats_parallel
         "",
         "Synthesis time includes the fixed start-up cost (fork server and workers importing numpy/scipy, "
         "parsing the fortune files, building the babble bank: about 5 s), so small corpora show a lower "
-        "rate than large ones.",
+        "rate than large ones. The machine is shared: expect +-40% from run to run with the load "
+        "from other jobs (one run at a load average of ~5.5 measured 138x synthesis, 147x fbank).",
         "",
     ]
     return "\n".join(lines)

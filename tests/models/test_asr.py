@@ -70,7 +70,7 @@ def test_ctc_loss_all_impossible_still_backpropagates():
 def test_tiny_model_overfits_one_batch():
     # The tiny preset, narrowed to keep the test within a few seconds on 2 shared cores.
     torch.manual_seed(0)
-    model = CTCModel(29, "tiny", num_layers=2, d_model=96, ff_dim=192, dropout=0.0)
+    model = CTCModel(29, "tiny", num_layers=2, d_model=96, ff_dim=192, subsampling_channels=32, dropout=0.0)
     feats = torch.randn(2, 100, 80)
     lengths = torch.tensor([100, 90])
     targets = torch.randint(1, 29, (2, 8))

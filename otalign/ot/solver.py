@@ -27,7 +27,7 @@ mat-vecs with kernels whose potentials are absorbed at an anchor and renormalise
 stabilisation); a kernel is rebuilt only when a potential drifts too far from its anchor, so an
 iteration costs two ``bmm`` and a few (B,T)/(B,N) vector ops instead of two exp passes over
 (B,T,N), at any eps and in fp32 (see :class:`_StabilisedKernel` for the bounds that make it exact).
-""""""
+"""
 from __future__ import annotations
 
 import dataclasses

@@ -16,7 +16,10 @@ Pipeline for one utterance (``_synthesize_job``):
    noise-only segments with no words (white, pink or babble), and background noise over the whole
    utterance (white, pink, or babble made from other synthesized utterances) at a recorded SNR,
    where ``SNR = 10 log10(P_speech / P_noise)`` and ``P_speech`` is the mean power over word spans.
-   Every inserted segment is listed in ``nonspeech``; the background noise in ``noise``.
+   Every inserted segment is listed in ``nonspeech``; the background noise in ``noise``. In an
+   utterance with background noise the inserted silences carry that noise too (their kind stays
+   ``"silence"``: no foreground event). Without imbalance, eSpeak's output has almost no leading
+   or trailing silence (words cover ~99% of a clean utterance; ~42% in ``test_noisy`` of the demo).
 
 Splits and disjointness:
 

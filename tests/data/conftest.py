@@ -10,11 +10,26 @@ import soundfile as sf
 
 from otalign.data.synth import synthesize_corpus, synthesize_utterance
 
+def _espeak_available() -> str | None:
+    try:
+        from otalign.data.espeak import ESpeak
+
+        ESpeak()
+    except (RuntimeError, OSError) as err:
+        return str(err)
+    return None
+
+
+_NO_ESPEAK = _espeak_available()
+
+
 TINY = dict(num_utterances=16, num_dev=4, num_test=4, seed=3, imbalanced_fraction=0.5, progress=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> tuple[Path, dict]:
+    if _NO_ESPEAK:
+        pytest.skip(f"eSpeak NG unavailable: {_NO_ESPEAK}")
     out = tmp_path_factory.mktemp("synth") / "corpus"
     summary = synthesize_corpus(out, jobs=1, **TINY)
     return out, summary
@@ -23,6 +38,8 @@ def tiny_corpus(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def spoken_words() -> list[np.ndarray]:
     """Real speech (eSpeak NG, 16 kHz float32) for writing fake corpora."""
+    if _NO_ESPEAK:
+        pytest.skip(f"eSpeak NG unavailable: {_NO_ESPEAK}")
     out = []
     for k, sentence in enumerate(["hello world", "good morning to you", "the cat sat", "open the door"]):
         out.append(synthesize_utterance(sentence, "en-us", "m3" if k % 2 else "f2", 170, 50)["samples"])

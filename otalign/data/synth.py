@@ -609,8 +609,10 @@ def synthesize_corpus(
 ) -> dict[str, Any]:
     """Synthesise a corpus into ``out_dir``; returns (and writes to ``summary.json``) a summary.
 
-    Writes ``train.jsonl``, ``dev.jsonl``, ``test_clean.jsonl``, ``test_noisy.jsonl`` and
-    ``wav/<split>/<shard>/<id>.wav`` (16 kHz mono PCM16).
+    Writes ``train.jsonl``, ``dev.jsonl``, ``test_clean.jsonl``, ``test_noisy.jsonl``,
+    ``wav/<split>/<shard>/<id>.wav`` (16 kHz mono PCM16), ``babble_bank.npz`` and ``summary.json``.
+    Worker processes come from a ``forkserver`` that imports the caller's main module: call this
+    from under ``if __name__ == "__main__":`` in a script (the CLI does).
 
     Args:
         size: ``"tiny"`` (40/8/8), ``"demo"`` (1500/150/150) or ``"bench"`` (3000/300/300)

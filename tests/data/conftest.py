@@ -10,6 +10,7 @@ import soundfile as sf
 
 from otalign.data.synth import synthesize_corpus, synthesize_utterance
 
+
 def _espeak_available() -> str | None:
     try:
         from otalign.data.espeak import ESpeak

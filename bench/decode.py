@@ -42,14 +42,14 @@ def fbank(samples: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
     return np.stack([f.get_frame(i) for i in range(f.num_frames_ready)])
 
 
-def bench_decode(preset: str, minutes: float, utt_s: float, beam_utts: int, seed: int) -> dict:
+def bench_decode(preset: str, minutes: float, utt_s: float, beam_utts: int, seed: int, overrides: dict | None = None) -> dict:
     from otalign.decode.search import ctc_greedy, ctc_prefix_beam_search
     from otalign.models.asr import CTCModel
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = CTCModel(29, preset=preset).eval()
+    model = CTCModel(29, preset=preset, **(overrides or {})).eval()
     n_utts = max(1, round(minutes * 60 / utt_s))
     audio = [0.1 * rng.standard_normal(int(utt_s * 16000)).astype(np.float32) for _ in range(n_utts)]
     audio_s = sum(len(a) for a in audio) / 16000
@@ -77,6 +77,7 @@ def bench_decode(preset: str, minutes: float, utt_s: float, beam_utts: int, seed
     beam_audio_s = min(beam_utts, n_utts) * utt_s
     return {
         "preset": preset,
+        "overrides": overrides or {},
         "params": sum(p.numel() for p in model.parameters()),
         "threads": 1,
         "audio_s": audio_s,
@@ -89,12 +90,12 @@ def bench_decode(preset: str, minutes: float, utt_s: float, beam_utts: int, seed
     }
 
 
-def bench_train(preset: str, batch_s: float, utt_s: float, steps: int, seed: int) -> dict:
+def bench_train(preset: str, batch_s: float, utt_s: float, steps: int, seed: int, overrides: dict | None = None) -> dict:
     from otalign.models.asr import CTCModel
 
     torch.set_num_threads(2)
     torch.manual_seed(seed)
-    model = CTCModel(29, preset=preset).train()
+    model = CTCModel(29, preset=preset, **(overrides or {})).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     B = max(1, round(batch_s / utt_s))
     T = int(utt_s * 100)
@@ -117,12 +118,35 @@ def bench_train(preset: str, batch_s: float, utt_s: float, steps: int, seed: int
     step_s = float(np.median(times))
     return {
         "preset": preset,
+        "overrides": overrides or {},
         "threads": 2,
         "batch": f"{B} x {utt_s:g} s",
         "batch_audio_s": B * utt_s,
         "step_s_median": step_s,
         "x_real_time": B * utt_s / step_s,
     }
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--set expects KEY=VALUE, got {text!r}")
+    if value.lower() in ("none", "null"):
+        return key, None
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _load_average() -> float | None:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,21 +160,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model override, e.g. --set subsampling_channels=144 (VALUE: int, float or none)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
+    overrides = dict(_parse_override(s) for s in args.set)
 
-    results = {"decode": bench_decode(args.preset, args.minutes, args.utt_s, args.beam_utts, args.seed)}
+    results = {"load_average_before": _load_average(),
+               "decode": bench_decode(args.preset, args.minutes, args.utt_s, args.beam_utts, args.seed, overrides)}
     d = results["decode"]
-    print(f"[{d['preset']}, {d['params'] / 1e6:.2f}M params, random init] greedy decoding on 1 thread, "
+    print(f"[{d['preset']} {overrides or ''}, {d['params'] / 1e6:.2f}M params, random init] greedy decoding on 1 thread, "
           f"{d['audio_s']:.0f} s of audio in {d['utterance_s']:g}-s utterances:")
     print(f"  RTF model+greedy (fbank precomputed): {d['rtf_greedy_from_fbank']:.4f}")
     print(f"  RTF fbank+model+greedy:               {d['rtf_greedy_with_fbank']:.4f}  (fbank alone {d['rtf_fbank_only']:.4f})")
     print(f"  RTF prefix beam search (beam 10), search only: {d['rtf_beam10_search_only']:.4f}")
     if not args.skip_train:
-        results["train"] = bench_train(args.preset, args.train_batch_s, args.train_utt_s, args.train_steps, args.seed)
+        results["train"] = bench_train(args.preset, args.train_batch_s, args.train_utt_s, args.train_steps, args.seed,
+                                       overrides)
         t = results["train"]
         print(f"training (fwd+CTC+bwd+AdamW, 2 threads, batch {t['batch']}): "
               f"{t['step_s_median']:.2f} s/step = {t['x_real_time']:.1f}x real time")
+    results["load_average_after"] = _load_average()
+    print(f"1-min load average before/after: {results['load_average_before']} / {results['load_average_after']} "
+          "(the machine's 2 cores are shared: a load above 2 slows every number here)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -9,7 +9,9 @@ Configurations swept, per eps:
 - ``ot``: one row (balanced);
 - ``tot``: one row per ``order_weights`` entry (balanced + temporal-order prior);
 - ``uot``: one row per ``rhos`` entry (``rho_frames``; ``inf`` allowed = balanced);
-- ``partial``: one row per ``partial_masses`` entry (m).
+- ``partial``: one row per ``partial_masses`` entry (m);
+- ``uniform`` (unless ``include_chance=False``): the chance level, every token's mass spread
+  evenly over all frames.
 
 ``attention`` and ``cif`` have trained parameters: they are not part of a training-free sweep.
 
@@ -134,6 +136,7 @@ def sweep(
     order_weights: Sequence[float] = DEFAULT_ORDER_WEIGHTS,
     n_iter: int = 200,
     coverage_level: float = 0.5,
+    include_chance: bool = True,
 ) -> list[dict]:
     """Align every example with every configuration and return one row of micro metrics per configuration.
 
@@ -143,15 +146,26 @@ def sweep(
         aligners, rhos, epsilons, partial_masses, order_weights: the grid (module docstring).
         n_iter: solver iterations per configuration.
         coverage_level: the x of coverage@x.
+        include_chance: append a ``uniform`` row: the plan that spreads every token's mass evenly
+            over all frames. It is the chance level: an aligner scoring near it has learned nothing
+            about where words are.
     """
     examples = list(states_source() if callable(states_source) else states_source)
     if not examples:
         raise ValueError("states_source gave no examples")
     speech_fraction = sum(e.speech_fraction for e in examples) / len(examples)
     rows = []
-    for config in sweep_configs(aligners, rhos, epsilons, partial_masses, order_weights):
+    configs = sweep_configs(aligners, rhos, epsilons, partial_masses, order_weights)
+    if include_chance:
+        configs.append(dict(aligner="uniform", eps=math.nan, rho_frames=math.nan, partial_mass=math.nan,
+                            order_weight=0.0))
+    for config in configs:
         start = time.perf_counter()
-        plans = align_examples(examples, config, n_iter)
+        if config["aligner"] == "uniform":
+            plans = [torch.full((e.num_frames, e.num_tokens), 1.0 / max(e.num_frames * e.num_tokens, 1))
+                     for e in examples]
+        else:
+            plans = align_examples(examples, config, n_iter)
         seconds = time.perf_counter() - start
         _, agg = _score(examples, plans, coverage_level)
         row = dict(config)

@@ -57,6 +57,9 @@ def test_uot_at_its_best_rho_reaches_the_detection_target_and_beats_ot(examples)
     assert uot["precision"] > ot["precision"] + 0.2
     # balanced OT must spread every frame's mass: its precision sits near the speech fraction
     assert abs(ot["precision"] - ot["speech_fraction"]) < 0.1, ot
+    # ... and far above chance (every token's mass spread over all frames)
+    (chance,) = [r for r in rows if r["aligner"] == "uniform"]
+    assert chance["precision"] < 0.5 * ot["precision"]
 
 
 def test_larger_rho_forces_more_mass_onto_nonspeech(examples):
@@ -105,7 +108,7 @@ def test_align_command_synthetic_writes_table_pr_curve_and_heatmaps(tmp_path, te
     assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "metrics.md").is_file()
     assert report["pr_curve"].is_file() and report["pr_curve"].stat().st_size < 400_000
     assert len(report["heatmaps"]) == 1 and report["heatmaps"][0].read_bytes()[:4] == b"\x89PNG"
-    assert len(report["rows"]) == 1 + 1 + 2 + 1
+    assert [r["aligner"] for r in report["rows"]] == ["ot", "tot", "uot", "uot", "partial", "uniform"]
 
 
 def test_align_command_without_a_model_or_manifest_says_what_is_missing(tmp_path):

@@ -264,29 +264,30 @@ class _StabilisedKernel:
         self.n_rebuilds += 1
 
     def row_sums(self, v: Tensor) -> Tensor:
-        """(B,N) ``v = exp(psi - psi_hat)`` -> (B,T) ``sum_j K_ij v_j``."""
-        return torch.bmm(v[:, None, :], self.row_kernel)[:, 0, :]
+        """(B,1,N) ``v = exp(psi - psi_hat)`` -> (B,1,T) ``sum_j K_ij v_j``. Vectors stay (B,1,.)
+        in the loop: the views to and from (B,.) would cost as much as the arithmetic."""
+        return torch.bmm(v, self.row_kernel)
 
     def col_sums(self, u: Tensor) -> Tensor:
-        """(B,T) ``u = exp(phi - phi_hat)`` -> (B,N) ``sum_i H_ij u_i``."""
-        return torch.bmm(u[:, None, :], self.col_kernel)[:, 0, :]
+        """(B,1,T) ``u = exp(phi - phi_hat)`` -> (B,1,N) ``sum_i H_ij u_i``."""
+        return torch.bmm(u, self.col_kernel)
 
     @staticmethod
     def drifted(difference: Tensor, limit: float) -> bool:
-        low, high = torch.aminmax(difference.detach())
-        return float(high) > limit or float(low) < -limit
+        """``max |difference| > limit`` (one host sync)."""
+        return difference.detach().abs().max().item() > limit
 
     def row_lse(self, psi: Tensor) -> Tensor:
         """(B,N) column potential -> (B,T) ``LSE_j (L_ij + psi_j)`` over valid j."""
         if self.drifted(psi - self.psi_hat, self.lse_limit):
             self.anchor_col_potential(psi)
-        return self.row_shift + torch.log(self.row_sums(torch.exp(psi - self.psi_hat)))
+        return self.row_shift + torch.log(self.row_sums(torch.exp(psi - self.psi_hat)[:, None, :])[:, 0, :])
 
     def col_lse(self, phi: Tensor) -> Tensor:
         """(B,T) row potential -> (B,N) ``LSE_i (L_ij + phi_i)`` over valid i."""
         if self.drifted(phi - self.phi_hat, self.lse_limit):
             self.anchor_row_potential(phi)
-        return self.col_shift + torch.log(self.col_sums(torch.exp(phi - self.phi_hat)))
+        return self.col_shift + torch.log(self.col_sums(torch.exp(phi - self.phi_hat)[:, None, :])[:, 0, :])
 
     def marginals(self, phi: Tensor, psi: Tensor, problem: TransportProblem) -> tuple[Tensor, Tensor]:
         """``P 1`` and ``P^T 1`` of ``P = exp(L + phi + psi)``, 0 on padding, without changing the
@@ -297,11 +298,11 @@ class _StabilisedKernel:
         if self.drifted(psi_drift, self.lse_limit):
             row_lse = (self.log_k + psi[:, :, None]).logsumexp(1)
         else:
-            row_lse = self.row_shift + torch.log(self.row_sums(torch.exp(psi_drift)))
+            row_lse = self.row_shift + torch.log(self.row_sums(torch.exp(psi_drift)[:, None, :])[:, 0, :])
         if self.drifted(phi_drift, self.lse_limit):
             col_lse = (self.log_h_t + phi[:, None, :]).logsumexp(-1)
         else:
-            col_lse = self.col_shift + torch.log(self.col_sums(torch.exp(phi_drift)))
+            col_lse = self.col_shift + torch.log(self.col_sums(torch.exp(phi_drift)[:, None, :])[:, 0, :])
         log_row_marginal, log_col_marginal = phi + row_lse, psi + col_lse
         # padding's junk may overflow exp: -inf before the exp gives exact zeros with zero gradient
         if problem.padded_rows:
@@ -318,9 +319,9 @@ class _StabilisedKernel:
 class _ScalingState:
     """Unbalanced/balanced iterate: ``phi = u_anchor + log u``, ``psi = v_anchor + log_v``."""
 
-    u: Tensor  # (B,T)
+    u: Tensor  # (B,1,T)
     u_anchor: Tensor  # (B,T), detached
-    log_v: Tensor  # (B,N)
+    log_v: Tensor  # (B,1,N)
     v_anchor: Tensor  # (B,N), detached
 
 
@@ -355,18 +356,20 @@ class _UnbalancedSteps:
         self._refresh()
 
     def _refresh(self) -> None:
-        """Recompute ``c_row``, ``log c_col`` after a kernel changed (keeping |log c_row| <= D)."""
+        """Recompute ``c_row``, ``log c_col`` after a kernel changed (keeping |log c_row| <= D).
+        Kept as (B,1,T) / (B,1,N), the loop's vector shape."""
         p, k = self.problem, self.kernel
         log_c_row = self.lam_rows * (p.log_a - k.row_shift) - k.phi_hat
         if k.drifted(log_c_row, self.threshold):
             k.anchor_row_potential(self.lam_rows * (p.log_a - k.row_shift))
             log_c_row = self.lam_rows * (p.log_a - k.row_shift) - k.phi_hat  # 0 in value, keeps grad to log a
-        self.c_row = torch.exp(log_c_row)
-        self.log_c_col = self.lam_cols * (p.log_b - k.col_shift) - k.psi_hat
+        self.log_c_row = log_c_row[:, None, :]
+        self.c_row = torch.exp(self.log_c_row)
+        self.log_c_col = (self.lam_cols * (p.log_b - k.col_shift) - k.psi_hat)[:, None, :]
 
     def initial_state(self) -> _ScalingState:
         k = self.kernel
-        return _ScalingState(torch.ones_like(k.phi_hat), k.phi_hat, torch.zeros_like(k.psi_hat), k.psi_hat)
+        return _ScalingState(torch.ones_like(k.phi_hat)[:, None, :], k.phi_hat, torch.zeros_like(k.psi_hat)[:, None, :], k.psi_hat)
 
     def step(self, state: _ScalingState) -> _ScalingState:
         k = self.kernel
@@ -374,26 +377,25 @@ class _UnbalancedSteps:
         row_sums = k.row_sums(v)
         if self.lam_rows == 1.0:
             u = self.c_row / row_sums
-        else:  # exp(-lam * log) is ~2x faster than pow on CPU
-            u = self.c_row * torch.exp(torch.log(row_sums) * -self.lam_rows)
+        else:  # exp(log c - lam log s): fewer ops than c * s^-lam, and pow is slow on CPU
+            u = torch.exp(torch.add(self.log_c_row, torch.log(row_sums), alpha=-self.lam_rows))
         u_anchor = k.phi_hat
         col_sums = k.col_sums(u)
         if self.tape is not None:  # what _UnrolledSinkhorn.backward needs: vectors, kernel references
             self.tape.append((k.row_kernel, k.col_kernel, v, row_sums, u, col_sums))
-        log_col_sums = torch.log(col_sums)
         if self.lam_cols == 1.0:
-            log_v = self.log_c_col - log_col_sums
+            log_v = self.log_c_col - torch.log(col_sums)
         else:
-            log_v = torch.add(self.log_c_col, log_col_sums, alpha=-self.lam_cols)
+            log_v = torch.add(self.log_c_col, torch.log(col_sums), alpha=-self.lam_cols)
         if k.drifted(log_v, self.threshold):
-            k.anchor_col_potential(k.psi_hat + log_v)
+            k.anchor_col_potential(k.psi_hat + log_v[:, 0, :])
             log_v = log_v - log_v.detach()  # 0 in value, keeps the autograd path
             self._refresh()
         return _ScalingState(u, u_anchor, log_v, k.psi_hat)
 
     def potentials(self, state: _ScalingState) -> tuple[Tensor, Tensor]:
-        """-> (phi, psi), unmasked (padding holds finite junk)."""
-        return state.u_anchor + torch.log(state.u), state.v_anchor + state.log_v
+        """-> (phi, psi) as (B,T), (B,N), unmasked (padding holds finite junk)."""
+        return state.u_anchor + torch.log(state.u[:, 0, :]), state.v_anchor + state.log_v[:, 0, :]
 
 
 @dataclass
@@ -463,17 +465,19 @@ def _masked(values: Tensor, mask: Tensor, padded: bool) -> Tensor:
 def _iterate(problem: TransportProblem, steps, state, n_iter: int, tol: Optional[float], check_every: int):
     """The one loop: ``n_iter`` steps of the variant; with ``tol``, stop once every item's
     ``error <= tol`` (checked every ``check_every`` iterations from the kernel marginals, which
-    cost two mat-vecs; left in the current grad mode because a check may re-anchor a kernel)."""
+    cost two mat-vecs)."""
     done = 0
     while done < n_iter:
         state = steps.step(state)
         done += 1
         if tol is not None and (done % check_every == 0 or done == n_iter):
-            phi, psi = steps.potentials(state)
-            row_marginal, col_marginal = steps.kernel.marginals(phi, psi, problem)
-            f = _masked(problem.eps * phi.detach(), problem.row_mask, problem.padded_rows)
-            g = _masked(problem.eps * psi.detach(), problem.col_mask, problem.padded_cols)
-            if bool((_error(problem, row_marginal.detach(), col_marginal.detach(), f, g) <= tol).all()):
+            with torch.no_grad():  # marginals() leaves the anchors alone, so the iterate stays valid
+                phi, psi = steps.potentials(state)
+                row_marginal, col_marginal = steps.kernel.marginals(phi, psi, problem)
+                f = _masked(problem.eps * phi, problem.row_mask, problem.padded_rows)
+                g = _masked(problem.eps * psi, problem.col_mask, problem.padded_cols)
+                converged = bool((_error(problem, row_marginal, col_marginal, f, g) <= tol).all())
+            if converged:
                 break
     return state, done
 
@@ -516,43 +520,40 @@ class _UnrolledSinkhorn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, phi_bar: Tensor, psi_bar: Tensor):
         lam_rows, lam_cols = ctx.lam_rows, ctx.lam_cols
-        log_v_bar = psi_bar
-        log_u_bar_out = phi_bar  # d phi / d log u = 1 for the last iterate
-        log_a_bar = torch.zeros_like(phi_bar)
-        log_b_bar = torch.zeros_like(psi_bar)
-        # per kernel (by identity): lists of (vector, gradient) pairs for one GEMM each
+        log_v_bar = psi_bar[:, None, :]  # vectors are (B,1,.) like in the loop
+        log_a_bar = torch.zeros_like(phi_bar[:, None, :])
+        log_b_bar = torch.zeros_like(log_v_bar)
+        # per kernel (by identity): the (vector, gradient) pairs, for one GEMM each
         row_kernel_terms: dict[int, tuple[Tensor, list, list]] = {}
         col_kernel_terms: dict[int, tuple[Tensor, list, list]] = {}
-        for position in range(len(ctx.tape) - 1, -1, -1):
+        last = len(ctx.tape) - 1
+        for position in range(last, -1, -1):
             row_kernel, col_kernel, v, row_sums, u, col_sums = ctx.tape[position]
             log_b_bar += log_v_bar
             col_sums_bar = log_v_bar * (-lam_cols) / col_sums
-            col_kernel_terms.setdefault(id(col_kernel), (col_kernel, [], []))
-            col_kernel_terms[id(col_kernel)][1].append(u)
-            col_kernel_terms[id(col_kernel)][2].append(col_sums_bar)
-            u_bar = torch.bmm(col_sums_bar[:, None, :], col_kernel.transpose(1, 2))[:, 0, :]
-            log_u_bar = u * u_bar
-            if position == len(ctx.tape) - 1:
-                log_u_bar = log_u_bar + log_u_bar_out
+            terms = col_kernel_terms.setdefault(id(col_kernel), (col_kernel, [], []))
+            terms[1].append(u)
+            terms[2].append(col_sums_bar)
+            log_u_bar = u * torch.bmm(col_sums_bar, col_kernel.transpose(1, 2))
+            if position == last:  # phi = phi_hat + log u of the last iterate
+                log_u_bar = log_u_bar + phi_bar[:, None, :]
             log_a_bar += log_u_bar
             row_sums_bar = log_u_bar * (-lam_rows) / row_sums
-            row_kernel_terms.setdefault(id(row_kernel), (row_kernel, [], []))
-            row_kernel_terms[id(row_kernel)][1].append(v)
-            row_kernel_terms[id(row_kernel)][2].append(row_sums_bar)
-            v_bar = torch.bmm(row_sums_bar[:, None, :], row_kernel.transpose(1, 2))[:, 0, :]
-            log_v_bar = v * v_bar
+            terms = row_kernel_terms.setdefault(id(row_kernel), (row_kernel, [], []))
+            terms[1].append(v)
+            terms[2].append(row_sums_bar)
+            log_v_bar = v * torch.bmm(row_sums_bar, row_kernel.transpose(1, 2))
         log_kernel_bar = None
         if ctx.needs_input_grad[0]:
             log_kernel_bar_t = None  # (B,N,T)
             for row_kernel, vectors, grads in row_kernel_terms.values():
-                # K_bar = sum_t v_t ⊗ s_bar_t = V^T S_bar: (B,N,n) @ (B,n,T); stacking along dim 1
-                # and transposing the view is ~10x faster than stacking along dim 2
-                term = torch.bmm(torch.stack(vectors, 1).transpose(1, 2), torch.stack(grads, 1)).mul_(row_kernel)
+                # K_bar = sum_t v_t ⊗ s_bar_t = V^T S_bar: (B,N,n) @ (B,n,T), V^T as a transposed view
+                term = torch.bmm(torch.cat(vectors, 1).transpose(1, 2), torch.cat(grads, 1)).mul_(row_kernel)
                 log_kernel_bar_t = term if log_kernel_bar_t is None else log_kernel_bar_t.add_(term)
             log_kernel_bar = log_kernel_bar_t.transpose(1, 2).contiguous()
             for col_kernel, vectors, grads in col_kernel_terms.values():
-                log_kernel_bar.add_(torch.bmm(torch.stack(vectors, 1).transpose(1, 2), torch.stack(grads, 1)).mul_(col_kernel))
-        return log_kernel_bar, log_a_bar * lam_rows, log_b_bar * lam_cols, None
+                log_kernel_bar.add_(torch.bmm(torch.cat(vectors, 1).transpose(1, 2), torch.cat(grads, 1)).mul_(col_kernel))
+        return log_kernel_bar, (log_a_bar * lam_rows)[:, 0, :], (log_b_bar * lam_cols)[:, 0, :], None
 
 
 @dataclass

@@ -21,28 +21,38 @@ def _floats(text: str) -> list[float]:
 # ----------------------------------------------------------------------------- data
 def cmd_synth(args: argparse.Namespace) -> int:
     from otalign.data.synth import synthesize_corpus
-    summary = synthesize_corpus(args.out, size=args.size, num_utterances=args.num_utterances, seed=args.seed,
-                                jobs=args.jobs)
-    print(json.dumps(summary, indent=2, default=str))
+    summary = synthesize_corpus(args.out_dir, size=args.size, num_utterances=args.num_utterances,
+                                num_dev=args.num_dev, num_test=args.num_test, seed=args.seed, jobs=args.jobs,
+                                imbalanced_fraction=args.imbalanced_fraction, progress=not args.no_progress)
+    print(json.dumps({k: summary[k] for k in ("out_dir", "counts", "hours") if k in summary}, indent=2, default=str))
     return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from otalign.data import asterisk, importers
     if args.corpus == "asterisk":
-        summary = asterisk.prepare_asterisk(args.out, strict=args.strict)
-    elif args.corpus == "kaldi":
-        summary = importers.import_kaldi(args.src, args.out, strict=args.strict)
-    elif args.corpus == "librispeech":
-        summary = importers.import_librispeech(args.src, args.out, strict=args.strict)
-    elif args.corpus == "aishell":
-        if not args.transcript:
-            raise SystemExit("otalign prepare aishell: --transcript is required")
-        summary = importers.import_aishell(args.transcript, args.src, args.out, strict=args.strict)
-    else:  # argparse restricts choices; kept for clarity
-        raise SystemExit(f"unknown corpus {args.corpus}")
+        summary = asterisk.prepare_asterisk(args.paths[0], sounds_dir=args.sounds_dir, strict=args.strict,
+                                            limit=args.limit)
+    elif args.corpus == "cmvn":
+        from otalign.data.features import GlobalCMVN
+        _need(args, 2, "MANIFEST OUT_JSON")
+        GlobalCMVN.from_manifest(args.paths[0]).save(args.paths[1])
+        summary = {"cmvn": args.paths[1]}
+    elif args.corpus in ("kaldi", "librispeech"):
+        _need(args, 2, "SRC OUT_MANIFEST")
+        reader = importers.import_kaldi if args.corpus == "kaldi" else importers.import_librispeech
+        summary = reader(args.paths[0], args.paths[1], strict=args.strict, allow_multichannel=args.allow_multichannel)
+    else:
+        _need(args, 3, "TRANSCRIPT WAV_ROOT OUT_MANIFEST")
+        summary = importers.import_aishell(args.paths[0], args.paths[1], args.paths[2], strict=args.strict,
+                                           allow_multichannel=args.allow_multichannel)
     print(json.dumps(summary, indent=2, default=str) if isinstance(summary, dict) else summary)
     return 0
+
+
+def _need(args: argparse.Namespace, count: int, usage: str) -> None:
+    if len(args.paths) != count:
+        raise ValueError(f"prepare {args.corpus} expects {usage}, got {len(args.paths)} path(s)")
 
 
 # ----------------------------------------------------------------------------- train / decode
@@ -98,19 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="synthesize an English corpus with ground-truth word timings (eSpeak NG)")
-    p.add_argument("--out", required=True, help="output directory (manifests + 16 kHz wavs)")
-    p.add_argument("--size", default="demo", help="preset size: demo | bench (see docs/data.md)")
-    p.add_argument("--num-utterances", type=int, default=None, help="override the preset's training size")
+    p.add_argument("out_dir", help="output directory (train/dev/test_clean/test_noisy.jsonl + 16 kHz wavs)")
+    p.add_argument("--size", default="demo", choices=["tiny", "demo", "bench"],
+                   help="tiny 40/8/8, demo 1500/150/150 (~2 h train), bench 3000/300/300 (~3.9 h train) utterances")
+    p.add_argument("--num-utterances", type=int, default=None, help="train utterances (overrides --size); 100 h+ works")
+    p.add_argument("--num-dev", type=int, default=None)
+    p.add_argument("--num-test", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--imbalanced-fraction", type=float, default=0.5,
+                   help="fraction of train/dev utterances given silence and noise (test_noisy: all)")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("prepare", help="turn an existing corpus into otalign manifests (source never modified)")
-    p.add_argument("corpus", choices=["asterisk", "kaldi", "librispeech", "aishell"])
-    p.add_argument("--src", help="corpus root (kaldi data dir, LibriSpeech split dir, AISHELL wav root)")
-    p.add_argument("--transcript", help="AISHELL transcript file")
-    p.add_argument("--out", required=True, help="output directory (asterisk) or manifest path (importers)")
+    p = sub.add_parser("prepare", help="turn an existing corpus into otalign manifests (the source is never modified)",
+                       description="asterisk OUT_DIR | kaldi DATA_DIR OUT_MANIFEST | librispeech ROOT OUT_MANIFEST | "
+                                   "aishell TRANSCRIPT WAV_ROOT OUT_MANIFEST | cmvn MANIFEST OUT_JSON")
+    p.add_argument("corpus", choices=["asterisk", "kaldi", "librispeech", "aishell", "cmvn"])
+    p.add_argument("paths", nargs="+", help="see the description")
+    p.add_argument("--sounds-dir", default=None, help="asterisk: the sounds folder (default: the Debian package's)")
+    p.add_argument("--limit", type=int, default=None, help="asterisk: only the first N prompts")
     p.add_argument("--strict", action="store_true", help="bad utterances are errors, not counted skips")
+    p.add_argument("--allow-multichannel", action="store_true", help="downmix multichannel audio instead of skipping it")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a Conformer-CTC model with PLM knowledge transfer")

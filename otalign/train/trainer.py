@@ -130,7 +130,7 @@ def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None)
 def load_manifests(paths: list[str], strict: bool) -> list:
     utterances = []
     for path in paths:
-        utterances.extend(read_manifest(path, strict=strict))
+        utterances.extend(read_manifest(path, strict=strict, check_files=True))
     return utterances
 
 

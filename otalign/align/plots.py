@@ -118,7 +118,7 @@ def plot_pr_curves(rows: Sequence[Mapping], path: str | Path, dpi: int = 90) -> 
     notion of recall: at least half of a token's mass inside its word). In both, ``uot`` points are
     joined in rho order and labelled by rho, ``partial`` points labelled by m, ``ot`` / ``tot``
     single markers; one colour per eps; the dashed grey line is the speech fraction (where balanced
-    OT's precision must sit); a black cross marks the uniform plan (chance level). Right: ``uot`` precision (solid), coverage (dashed), token recall
+    OT's precision must sit); the dotted black line is the uniform plan's precision (chance level). Right: ``uot`` precision (solid), coverage (dashed), token recall
     (dash-dot) and mass on annotated nonspeech (dotted) against rho, log scale; the thin horizontal
     line is balanced OT's precision at the same eps.
     """
@@ -150,12 +150,12 @@ def plot_pr_curves(rows: Sequence[Mapping], path: str | Path, dpi: int = 90) -> 
                     for r in sel:
                         ax.annotate(prefix + _fmt(r[key]), (r[recall_key], r["precision"]), fontsize=6,
                                     xytext=(3, 2), textcoords="offset points", color=colors[eps])
-        for r in chance:
-            ax.plot([r[recall_key]], [r["precision"]], "kx", ms=7, label="uniform plan (chance)")
+        for r in chance:  # a level, not a point: its recall (~0) would squash the x axis
+            ax.axhline(r["precision"], color="k", lw=0.8, ls=":", label="uniform plan (chance precision)")
         speech = [r.get("speech_fraction") for r in rows if r.get("speech_fraction") is not None]
         if speech:
             ax.axhline(speech[0], color="0.5", lw=0.8, ls="--")
-        low = min(r[recall_key] for r in rows + chance)
+        low = min(r[recall_key] for r in rows)
         ax.set_xlim(min(low - 0.03, 0.8), 1.02)
         ax.set_ylim(0.0, 1.02)
         ax.set_xlabel(xlabel)

@@ -1,7 +1,7 @@
 """Solver benchmark: otalign.ot.solve against POT, POT ot.batch, GeomLoss and OTT-JAX, in one process.
 
     python -m bench.solver            # full run (~5-10 min on 2 busy cores), writes docs/benchmarks.md
-    python -m bench.solver --quick    # one size, 3 repeats, no file written unless --write
+    python -m bench.solver --quick    # one size, 5 repeats, no file written unless --write
 
 Setting (issue 2): B=32 problems, (T,N) in {(100,10),(250,30),(500,60)}, 100 iterations, fp32,
 semi-relaxed UOT (rho_rows=1, rho_cols=inf, eps=0.1), cosine costs of random unit vectors (D=64).
@@ -23,10 +23,12 @@ What each row runs (same costs, same iteration count, no early stopping):
   max_iterations=100, lse_mode=True)`` (OTT's reference measure is 1, POT's 'entropy').
   Compilation happens in the warm-up; shown as "not installed" when ``ott`` is missing.
 
-Threads: every contender runs single-threaded (torch.set_num_threads(1), OMP/MKL/OpenBLAS=1,
-XLA single-thread Eigen), because the target machine has 2 cores shared with other jobs: with 2
-threads, a (32,30)x(30,250) ``bmm`` went from 50 us to 4-8 ms when the second core was busy.
-Timing: wall clock, median (and min) over ``--repeats`` runs after one warm-up run.
+Threads: by default every contender runs single-threaded (torch.set_num_threads(1),
+OMP/MKL/OpenBLAS=1, XLA single-thread Eigen), because the target machine has 2 cores shared with
+other jobs: with 2 threads, a (32,30)x(30,250) ``bmm`` went from 50 us to 4-8 ms when the second
+core was busy. ``--threads 2`` runs all of them with 2 threads instead.
+Timing: wall clock, median (and min) over ``--repeats`` runs after one warm-up run of every
+contender; the repeats go round robin over the contenders, so load changes hit all alike.
 
 Peak memory: each (mode, iterations) runs in a fresh subprocess; we report the growth of the
 process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) across one
@@ -46,7 +48,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 EPS = 0.1
 RHO_ROWS = 1.0
@@ -57,11 +59,18 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 
 
-def _single_thread_environment() -> None:
+def _thread_environment(threads: int) -> None:
+    """Set before numpy/jax are imported: BLAS and XLA read these at start-up."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = "1"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+        os.environ[name] = str(threads)
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ["OTALIGN_BENCH_THREADS"] = str(threads)  # for the memory subprocesses
+
+
+def _threads() -> int:
+    return int(os.environ.get("OTALIGN_BENCH_THREADS", "1"))
 
 
 def _costs(n_rows: int, n_cols: int, seed: int = 0):
@@ -73,17 +82,6 @@ def _costs(n_rows: int, n_cols: int, seed: int = 0):
     from otalign.ot import cosine_cost
 
     return cosine_cost(frames, tokens).contiguous()  # fp32, values in [0, 2]
-
-
-def _time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """-> (median, min) wall seconds after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
 
 
 # ---------------------------------------------------------------------------- contenders
@@ -205,7 +203,7 @@ def _peak_memory_child(n_rows: int, n_cols: int, iterations: int, grad: str) -> 
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(_threads())
     # warm-up on a tiny problem (imports, autograd engine) that leaves no large freed blocks
     # behind for the measured run to reuse unseen
     otalign_forward_backward(_costs(4, 3), 1, grad)()
@@ -241,7 +239,7 @@ def _machine() -> str:
 def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, memory: bool, compile_too: bool = False) -> str:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(_threads())
     import geomloss
     import ot
 
@@ -262,12 +260,22 @@ def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, m
             contenders.insert(1, ("otalign torch.compile (fwd)", otalign_compiled(cost, iterations)))
         if ott_version is not None:
             contenders.append(("OTT-JAX jit(vmap)", ott_jit_vmap(cost, iterations)))
-        for name, fn in contenders:
+        working = []
+        for name, fn in contenders:  # warm-up (and JIT compilation) of every contender first
             try:
-                median, best = _time(fn, repeats)
+                fn()
+                working.append((name, fn))
             except Exception as error:  # noqa: BLE001 - a broken peer must not hide the others
                 failures.append(f"{name} at {n_rows}x{n_cols}: {type(error).__name__}: {error}")
-                continue
+        # round robin: a change in the machine's load hits every contender alike
+        times: dict[str, list[float]] = {name: [] for name, _ in working}
+        for _ in range(repeats):
+            for name, fn in working:
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        for name, _ in working:
+            median, best = statistics.median(times[name]), min(times[name])
             rows.append(((n_rows, n_cols), name, median, best))
             print(f"{n_rows}x{n_cols}  {name:45s} median {median * 1e3:8.2f} ms  min {best * 1e3:8.2f} ms", flush=True)
 
@@ -289,13 +297,35 @@ def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, m
             lines.append(f"| {size[0]}×{size[1]} | otalign (fwd+bwd {mode}) / fwd | {both / forward:.2f}× | | | |")
     table = "\n".join(lines)
 
+    # issue 2's targets, judged on this run's medians at 250x30 (when measured)
+    target_lines = []
+    at_target_size = {name: median for s, name, median, _ in rows if s == (250, 30)}
+    if at_target_size:
+        forward = at_target_size.get("otalign eager (fwd)", float("nan"))
+
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "NOT met"
+
+        pot = at_target_size.get("POT loop sinkhorn_unbalanced", float("nan"))
+        target_lines.append(f"- forward ≤ 0.1× POT loop: {forward / pot:.3f}× → {verdict(forward / pot <= 0.1)}")
+        if "OTT-JAX jit(vmap)" in at_target_size:
+            ott_time = at_target_size["OTT-JAX jit(vmap)"]
+            target_lines.append(f"- forward ≤ 0.7× OTT-JAX jit(vmap): {forward / ott_time:.2f}× → {verdict(forward / ott_time <= 0.7)}")
+        else:
+            target_lines.append("- forward ≤ 0.7× OTT-JAX jit(vmap): OTT-JAX not installed, not measured")
+        for mode in ("unrolled", "last_step"):
+            both = at_target_size.get(f"otalign fwd+bwd {mode}", float("nan"))
+            target_lines.append(f"- forward+backward ({mode}) ≤ 3× forward: {both / forward:.2f}× → {verdict(both / forward <= 3)}")
+
     memory_table = ""
+    memory_values = {}
     if memory:
         mem_lines = ["| T×N | grad mode | 50 iterations (MiB) | 200 iterations (MiB) |", "|---|---|---|---|"]
         for n_rows, n_cols in [sizes[-1]]:
             for grad in ("unrolled", "last_step"):
                 values = [peak_memory_mib(n_rows, n_cols, iters, grad) for iters in (50, 200)]
                 mem_lines.append(f"| {n_rows}×{n_cols} | {grad} | {values[0]:.1f} | {values[1]:.1f} |")
+                memory_values[grad] = values
                 print(f"memory {n_rows}x{n_cols} {grad}: {values}", flush=True)
         memory_table = "\n".join(mem_lines)
 
@@ -304,7 +334,14 @@ def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, m
         import jax
 
         versions += f" (jax {jax.__version__})"
+    if "last_step" in memory_values:
+        small, large = memory_values["last_step"]
+        # page-granular RSS: allow 5% or 1 MiB of allocator noise
+        flat = large <= small * 1.05 + 1.0
+        target_lines.append(f"- last_step peak memory does not grow with iterations: {small:.1f} MiB at 50, {large:.1f} MiB at 200 → {'met' if flat else 'NOT met'}")
     parts = [table]
+    if target_lines:
+        parts += ["", "Targets (issue 2), from this run:", ""] + target_lines
     if memory_table:
         parts += ["", "Peak memory growth over one forward+backward (ru_maxrss delta, fresh process per cell):", "", memory_table]
     if failures:
@@ -321,7 +358,7 @@ def write_section(body: str, command: str) -> None:
         f"Measured {date} on {_machine()}.\n\n"
         f"Command: `{command}`\n\n"
         f"Setting: B={BATCH}, 100 iterations, fp32, semi-relaxed UOT (rho_rows={RHO_ROWS}, rho_cols=inf, eps={EPS}), "
-        f"cosine costs of random unit vectors (D={DIM}); single-threaded everywhere (see `bench/solver.py`). "
+        f"cosine costs of random unit vectors (D={DIM}); {_threads()} thread(s) for torch, BLAS and XLA alike (see `bench/solver.py`). "
         "Ratios use medians from the same run.\n\n"
         f"{body}\n"
     )
@@ -338,22 +375,23 @@ def write_section(body: str, command: str) -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="only 250x30, 3 repeats, no memory runs, no file unless --write")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per contender (default 7, quick 3)")
+    parser.add_argument("--quick", action="store_true", help="only 250x30, 5 repeats, no memory runs, no file unless --write")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per contender (default 9, quick 5)")
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1, help="threads for torch, BLAS and XLA (default 1, see the module docstring)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(solve) (compiles ~2 min per size)")
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md even with --quick")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    _single_thread_environment()
+    _thread_environment(args.threads)
     sys.path.insert(0, str(REPO))
     if args.memory_child:
         n_rows, n_cols, iterations, grad = args.memory_child.split(",")
         _peak_memory_child(int(n_rows), int(n_cols), int(iterations), grad)
         return
     sizes = [(250, 30)] if args.quick else SIZES
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = args.repeats or (5 if args.quick else 9)
     body = run_benchmark(sizes, args.iterations, repeats, memory=not (args.quick or args.no_memory), compile_too=args.compile)
     print(body)
     if args.write or not args.quick:

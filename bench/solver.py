@@ -350,6 +350,25 @@ def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, m
     return "\n".join(parts)
 
 
+NOTES = """Notes:
+
+- How the solver gets there: log-sum-exps are computed exactly as batched mat-vecs on kernels
+  with the potentials absorbed at an anchor (Schmitzer's stabilisation, rebuilt only when a
+  potential drifts >10 eps-units in fp32), stored in the layout where CPU `bmm` is fast
+  ((1,K)@(K,M)); an iteration is two `bmm` plus a few (B,T)/(B,N) vector ops. The unrolled
+  backward is a hand-written reverse pass (one GEMM per kernel for the cost gradient), checked
+  against autograd in `tests/ot`. See `otalign/ot/solver.py`.
+- `torch.compile(solve)` does not help: the per-iteration drift check is a host sync, so the graph
+  breaks every iteration. Measured once at 250×30 (2026-11-25, busy machine): 120 s to compile,
+  then 42 ms per call against ~16-20 ms eager; available as `--compile`.
+- The machine is shared (2 cores, several jobs): absolute times vary by 2-5× between runs; the
+  ratios from one round-robin run are the meaningful numbers. GeomLoss solves a different
+  (symmetric, annealed) problem and POT's batch solver a balanced one: speed references only.
+- Memory: unrolled grows with iterations only by the tape of (B,T)/(B,N) vectors (plain autograd
+  through a log-domain loop stores about two (B,T,N) tensors per iteration instead, 776 MiB at
+  500×60 and 100 iterations per the BRIEF)."""
+
+
 def write_section(body: str, command: str) -> None:
     """Replace (or create) the ``## Solver`` section of docs/benchmarks.md, keeping other sections."""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -360,7 +379,8 @@ def write_section(body: str, command: str) -> None:
         f"Setting: B={BATCH}, 100 iterations, fp32, semi-relaxed UOT (rho_rows={RHO_ROWS}, rho_cols=inf, eps={EPS}), "
         f"cosine costs of random unit vectors (D={DIM}); {_threads()} thread(s) for torch, BLAS and XLA alike (see `bench/solver.py`). "
         "Ratios use medians from the same run.\n\n"
-        f"{body}\n"
+        f"{body}\n\n"
+        f"{NOTES}\n"
     )
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
     start = text.find("## Solver")

@@ -76,10 +76,24 @@ def cmd_decode(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- alignment
 def cmd_align(args: argparse.Namespace) -> int:
     from otalign.align.report import align_command
-    align_command(ckpt=args.ckpt, manifest=args.data, out_dir=args.out, aligners=args.aligners.split(","),
-                  rhos=_floats(args.rho), epsilons=_floats(args.eps), synthetic=args.synthetic,
-                  num_utterances=args.num_utterances)
-    return 0
+    encode_fn = None
+    if args.ckpt:
+        if args.synthetic:
+            raise ValueError("--ckpt and --synthetic exclude each other")
+        if not args.data:
+            raise ValueError("--ckpt needs --data, a manifest with ground-truth word spans")
+        from otalign.train.evaluate import load_trainable, make_encode_fn
+        trainable, config, cmvn = load_trainable(args.ckpt)
+        encode_fn = make_encode_fn(trainable, config, cmvn)
+    elif not args.synthetic:
+        raise ValueError("give --ckpt (a trained model) or --synthetic (the setting that needs no training)")
+    result = align_command(ckpt=args.ckpt, manifest=args.data, out_dir=args.out, aligners=args.aligners.split(","),
+                           rhos=_floats(args.rho), epsilons=_floats(args.eps), synthetic=args.synthetic,
+                           num_utterances=args.num_utterances, partial_masses=_floats(args.partial_mass),
+                           order_weights=_floats(args.order_weight), num_heatmaps=args.num_heatmaps,
+                           encode_fn=encode_fn)
+    print(f"[align] report written to {args.out}")
+    return 0 if result is not None else 1
 
 
 # ----------------------------------------------------------------------------- bench / experiment
@@ -153,8 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="manifest with ground-truth word spans")
     p.add_argument("--out", required=True)
     p.add_argument("--aligners", default="ot,tot,uot,partial")
-    p.add_argument("--rho", default="0.01,0.03,0.1,0.3,1,3,10", help="comma-separated rho_frames values for uot")
-    p.add_argument("--eps", default="0.05", help="comma-separated eps values")
+    p.add_argument("--rho", default="0.003,0.01,0.03,0.1,0.3,1,10", help="comma-separated rho_frames values for uot")
+    p.add_argument("--eps", default="0.02,0.05", help="comma-separated eps values")
+    p.add_argument("--partial-mass", default="0.4,0.5,0.6,0.8", help="comma-separated total masses for partial")
+    p.add_argument("--order-weight", default="0.1,1", help="comma-separated temporal-order weights for tot")
+    p.add_argument("--num-heatmaps", type=int, default=2, help="utterances drawn as heatmaps")
     p.add_argument("--synthetic", action="store_true", help="the setting that needs no training")
     p.add_argument("--num-utterances", type=int, default=32)
     p.set_defaults(func=cmd_align)

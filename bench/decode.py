@@ -9,8 +9,10 @@ the audio is white noise at 16 kHz: fbank and encoder cost do not depend on the 
    a. model forward + greedy search, from precomputed 80-dim fbank;
    b. the same plus fbank extraction (kaldi-native-fbank, 25 ms / 10 ms) from 16 kHz samples.
    Also prefix beam search (beam 10) on the same log-probs, for reference.
-2. Training throughput on 2 threads: forward + CTC loss + backward + AdamW step on one batch of
-   about ``--train-batch-s`` seconds of audio, reported as x real time (audio s / wall s).
+2. Training throughput on 2 threads (``--train-threads``): forward + CTC loss + backward + AdamW
+   step on one batch of about ``--train-batch-s`` seconds of audio, as x real time (audio s / wall s).
+   On a loaded machine (1-min load above the core count) 2 OpenMP threads wait on each other
+   and can be slower than 1: compare with ``--train-threads 1``.
 """
 
 from __future__ import annotations
@@ -90,10 +92,11 @@ def bench_decode(preset: str, minutes: float, utt_s: float, beam_utts: int, seed
     }
 
 
-def bench_train(preset: str, batch_s: float, utt_s: float, steps: int, seed: int, overrides: dict | None = None) -> dict:
+def bench_train(preset: str, batch_s: float, utt_s: float, steps: int, seed: int, overrides: dict | None = None,
+                threads: int = 2) -> dict:
     from otalign.models.asr import CTCModel
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = CTCModel(29, preset=preset, **(overrides or {})).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -119,7 +122,7 @@ def bench_train(preset: str, batch_s: float, utt_s: float, steps: int, seed: int
     return {
         "preset": preset,
         "overrides": overrides or {},
-        "threads": 2,
+        "threads": threads,
         "batch": f"{B} x {utt_s:g} s",
         "batch_audio_s": B * utt_s,
         "step_s_median": step_s,
@@ -158,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-batch-s", type=float, default=60.0)
     p.add_argument("--train-utt-s", type=float, default=7.5)
     p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--train-threads", type=int, default=2)
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -176,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  RTF prefix beam search (beam 10), search only: {d['rtf_beam10_search_only']:.4f}")
     if not args.skip_train:
         results["train"] = bench_train(args.preset, args.train_batch_s, args.train_utt_s, args.train_steps, args.seed,
-                                       overrides)
+                                       overrides, args.train_threads)
         t = results["train"]
-        print(f"training (fwd+CTC+bwd+AdamW, 2 threads, batch {t['batch']}): "
+        print(f"training (fwd+CTC+bwd+AdamW, {t['threads']} threads, batch {t['batch']}): "
               f"{t['step_s_median']:.2f} s/step = {t['x_real_time']:.1f}x real time")
     results["load_average_after"] = _load_average()
     print(f"1-min load average before/after: {results['load_average_before']} / {results['load_average_after']} "

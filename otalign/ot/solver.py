@@ -704,9 +704,15 @@ def _make_problem(
             raise ValueError(f"cost has NaN or Inf on valid entries of batch item(s) {bad}")
     if order_weight > 0:
         cost = cost + order_weight * temporal_order_cost(row_mask, col_mask, dtype=dtype)
-    log_kernel = cost * (-1.0 / eps)  # fresh tensor: the in-place adds below are safe for autograd
-    if reference == "product":
-        log_kernel.add_(log_a[:, :, None]).add_(log_b[:, None, :])
+    if reference == "product" and row_weights is None and col_weights is None:
+        # uniform weights: log a_i + log b_j = -log(T_b N_b) on valid cells, one pass over (B,T,N)
+        # (padded cells get the same finite placeholder)
+        log_reference = -torch.log(row_mask.sum(-1).to(dtype) * col_mask.sum(-1).to(dtype))
+        log_kernel = torch.add(log_reference[:, None, None], cost, alpha=-1.0 / eps)
+    else:
+        log_kernel = cost * (-1.0 / eps)  # fresh tensor: the in-place adds below are safe for autograd
+        if reference == "product":
+            log_kernel.add_(log_a[:, :, None]).add_(log_b[:, None, :])
     return TransportProblem(cost, log_kernel, row_mask, col_mask, a, b, log_a, log_b, eps, rho_rows, rho_cols, partial_mass, reference, padded_rows, padded_cols)
 
 

@@ -543,39 +543,52 @@ class _UnrolledSinkhorn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, phi_bar: Tensor, psi_bar: Tensor):
         lam_rows, lam_cols = ctx.lam_rows, ctx.lam_cols
+        # In the loop below w_bar = -lam_cols * w_hat and s_bar = -lam_rows * s_hat: the constant
+        # factors are folded into addcmul's ``value`` and applied once to the sums at the end,
+        # which keeps the per-iteration work at two mat-vecs and four vector ops.
         log_v_bar = psi_bar[:, None, :]  # vectors are (B,1,.) like in the loop
-        log_a_bar = torch.zeros_like(phi_bar[:, None, :])
-        log_b_bar = torch.zeros_like(log_v_bar)
-        # per kernel (by identity): the (vector, gradient) pairs, for one GEMM each
+        no_phi_bar, no_psi_bar = torch.zeros_like(phi_bar[:, None, :]), torch.zeros_like(log_v_bar)
+        log_a_bar, log_b_bar = torch.zeros_like(no_phi_bar), torch.zeros_like(no_psi_bar)
+        # per kernel (by identity): the (vector, hat-gradient) pairs, for one GEMM each
         row_kernel_terms: dict[int, tuple[Tensor, list, list]] = {}
         col_kernel_terms: dict[int, tuple[Tensor, list, list]] = {}
+        # the reverse mat-vecs need each kernel transposed; a contiguous copy per kernel makes
+        # them (1,K)@(K,M) products again (measured ~3x faster than on the transposed view)
+        transposed: dict[int, Tensor] = {}
         last = len(ctx.tape) - 1
         for position in range(last, -1, -1):
             row_kernel, col_kernel, v, row_sums, u, col_sums = ctx.tape[position]
+            if id(row_kernel) not in transposed:
+                transposed[id(row_kernel)] = row_kernel.transpose(1, 2).contiguous()
+            if id(col_kernel) not in transposed:
+                transposed[id(col_kernel)] = col_kernel.transpose(1, 2).contiguous()
             log_b_bar += log_v_bar
-            col_sums_bar = log_v_bar * (-lam_cols) / col_sums
+            col_sums_hat = log_v_bar / col_sums
             terms = col_kernel_terms.setdefault(id(col_kernel), (col_kernel, [], []))
             terms[1].append(u)
-            terms[2].append(col_sums_bar)
-            log_u_bar = u * torch.bmm(col_sums_bar, col_kernel.transpose(1, 2))
-            if position == last:  # phi = phi_hat + log u of the last iterate
-                log_u_bar = log_u_bar + phi_bar[:, None, :]
+            terms[2].append(col_sums_hat)
+            # log_u_bar = u * (H w_bar) (+ phi_bar for the last iterate: phi = phi_hat + log u)
+            start = phi_bar[:, None, :] if position == last else no_phi_bar
+            log_u_bar = torch.addcmul(start, u, torch.bmm(col_sums_hat, transposed[id(col_kernel)]), value=-lam_cols)
             log_a_bar += log_u_bar
-            row_sums_bar = log_u_bar * (-lam_rows) / row_sums
+            row_sums_hat = log_u_bar / row_sums
             terms = row_kernel_terms.setdefault(id(row_kernel), (row_kernel, [], []))
             terms[1].append(v)
-            terms[2].append(row_sums_bar)
-            log_v_bar = v * torch.bmm(row_sums_bar, row_kernel.transpose(1, 2))
+            terms[2].append(row_sums_hat)
+            log_v_bar = torch.addcmul(no_psi_bar, v, torch.bmm(row_sums_hat, transposed[id(row_kernel)]), value=-lam_rows)
         log_kernel_bar = None
         if ctx.needs_input_grad[0]:
             log_kernel_bar_t = None  # (B,N,T)
-            for row_kernel, vectors, grads in row_kernel_terms.values():
-                # K_bar = sum_t v_t ⊗ s_bar_t = V^T S_bar: (B,N,n) @ (B,n,T), V^T as a transposed view
-                term = torch.bmm(torch.cat(vectors, 1).transpose(1, 2), torch.cat(grads, 1)).mul_(row_kernel)
+            for row_kernel, vectors, hats in row_kernel_terms.values():
+                # K_bar = sum_t v_t ⊗ s_bar_t = -lam_rows V^T S_hat: (B,N,n) @ (B,n,T), V^T as a view
+                scaled_vectors = torch.cat(vectors, 1).mul_(-lam_rows)
+                term = torch.bmm(scaled_vectors.transpose(1, 2), torch.cat(hats, 1)).mul_(row_kernel)
                 log_kernel_bar_t = term if log_kernel_bar_t is None else log_kernel_bar_t.add_(term)
             log_kernel_bar = log_kernel_bar_t.transpose(1, 2).contiguous()
-            for col_kernel, vectors, grads in col_kernel_terms.values():
-                log_kernel_bar.add_(torch.bmm(torch.cat(vectors, 1).transpose(1, 2), torch.cat(grads, 1)).mul_(col_kernel))
+            del transposed
+            for col_kernel, vectors, hats in col_kernel_terms.values():
+                scaled_vectors = torch.cat(vectors, 1).mul_(-lam_cols)
+                log_kernel_bar.add_(torch.bmm(scaled_vectors.transpose(1, 2), torch.cat(hats, 1)).mul_(col_kernel))
         return log_kernel_bar, (log_a_bar * lam_rows)[:, 0, :], (log_b_bar * lam_cols)[:, 0, :], None
 
 

@@ -109,7 +109,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from otalign.train.experiment import run_experiment
-    run_experiment(args.config, only=args.only, dry_run=args.dry_run, report_only=args.report_only)
+    run_experiment(args.config, only=args.only, dry_run=args.dry_run, report_only=args.report_only,
+                   seeds=args.seeds, benchmarks=args.benchmarks)
     return 0
 
 
@@ -188,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("experiment", help="the grid that tests the paper's claim; resumable")
     p.add_argument("--config", default="conf/experiment.yaml")
-    p.add_argument("--only", default=None, help="comma-separated run names to run")
+    p.add_argument("--only", default=None, help="comma-separated system names to run")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds to run")
+    p.add_argument("--benchmarks", default=None, help="comma-separated benchmark names to run")
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are done")
     p.add_argument("--report-only", action="store_true", help="regenerate docs/results.md from results/")
     p.set_defaults(func=cmd_experiment)

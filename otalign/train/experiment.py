@@ -149,13 +149,22 @@ def _json_default(value: Any) -> Any:
 
 # ----------------------------------------------------------------------------- driver
 def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bool = False,
-                   report_only: bool = False) -> None:
+                   report_only: bool = False, seeds: str | None = None, benchmarks: str | None = None) -> None:
+    """Run what is missing of the grid (optionally only some systems, seeds or benchmarks), then report.
+
+    Runs are ordered seed-major (every system's seed 0 before any seed 1), so a grid cut short
+    still compares all systems.
+    """
     spec = load_experiment(config_path)
-    runs = run_configs(spec)
+    runs = sorted(run_configs(spec), key=lambda r: (list(spec["benchmarks"]).index(r[0]), r[2]))
     wanted = set(only.split(",")) if only else None
+    wanted_seeds = {int(k) for k in seeds.split(",")} if seeds else None
+    wanted_benchmarks = set(benchmarks.split(",")) if benchmarks else None
     if not report_only:
         pending = [(b, s, k, c) for b, s, k, c in runs
-                   if not result_path(spec, b, s, k).exists() and (wanted is None or s in wanted)]
+                   if not result_path(spec, b, s, k).exists() and (wanted is None or s in wanted)
+                   and (wanted_seeds is None or k in wanted_seeds)
+                   and (wanted_benchmarks is None or b in wanted_benchmarks)]
         print(f"[experiment] {len(runs)} runs in the grid, {len(pending)} to do")
         for bench, system, seed, _ in pending if dry_run else []:
             print(f"  todo: {bench}/{system}/seed{seed}")

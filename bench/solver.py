@@ -388,7 +388,9 @@ NOTES = """Notes:
   breaks every iteration. Measured once at 250×30 (2026-11-25, busy machine): 120 s to compile,
   then 42 ms per call against ~16-20 ms eager; available as `--compile`.
 - The machine is shared (2 cores, several jobs): absolute times vary by 2-5× between runs; the
-  ratios from one round-robin run are the meaningful numbers. GeomLoss solves a different
+  ratios from one round-robin run are the meaningful numbers. Why single-threaded: the same quick
+  run with `--threads 2` at load average 4.4 (2026-11-25 17:04) gave otalign forward 177 ms median
+  (38 ms min) at 250×30 and OTT-JAX 127 ms: intra-op threads wait on the busy second core. GeomLoss solves a different
   (symmetric, annealed) problem and POT's batch solver a balanced one: speed references only.
 - Memory: unrolled grows with iterations only by the tape of (B,T)/(B,N) vectors (plain autograd
   through a log-domain loop stores about two (B,T,N) tensors per iteration instead, 776 MiB at

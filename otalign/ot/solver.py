@@ -174,7 +174,7 @@ class TransportResult:
         g = self.col_potential if self.col_potential.dim() == 2 else self.col_potential[None]
         row_marginal, col_marginal = plan.sum(-1), plan.sum(-2)
         # eps * sum P log(P/R) = sum P (f_i + g_j - C_ij), exact because log P - log R = (f+g-C)/eps
-        value = (row_marginal * f).sum(-1) + (col_marginal * g).sum(-1) - eps_mass(p, plan)
+        value = (row_marginal * f).sum(-1) + (col_marginal * g).sum(-1) - _eps_mass(p, plan)
         if math.isfinite(p.rho_rows) and p.partial_mass is None:
             value = value + p.rho_rows * _generalised_kl(row_marginal, p.a, p.row_mask)
         if math.isfinite(p.rho_cols) and p.partial_mass is None:
@@ -182,7 +182,7 @@ class TransportResult:
         return value if self.plan.dim() == 3 else value[0]
 
 
-def eps_mass(problem: TransportProblem, plan: Tensor) -> Tensor:
+def _eps_mass(problem: TransportProblem, plan: Tensor) -> Tensor:
     """``eps * (sum P - sum R)``: the mass part of ``eps * KL(P | R)``."""
     return problem.eps * (plan.sum((-2, -1)) - problem.reference_mass)
 

@@ -14,7 +14,9 @@ from otalign.train.config import load_config
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "demo.yaml"
 
 
-def run_demo(out: str = "exp/demo", corpus: str = "data/demo") -> int:
+def run_demo(out: str = "exp/demo", corpus: str = "data/demo", overrides: list[str] | None = None,
+             corpus_size: str = "demo") -> int:
+    """Run the demo; ``overrides`` are ``--set`` items applied on top of conf/demo.yaml."""
     from otalign.data.synth import synthesize_corpus
     from otalign.decode.recipe import decode_manifest
     from otalign.train.trainer import run
@@ -23,11 +25,14 @@ def run_demo(out: str = "exp/demo", corpus: str = "data/demo") -> int:
     corpus_dir = Path(corpus)
     if not (corpus_dir / "train.jsonl").exists():
         print(f"[demo] 1/4 synthesizing the demo corpus into {corpus_dir} (eSpeak NG)")
-        synthesize_corpus(corpus_dir, size="demo", seed=0)
+        synthesize_corpus(corpus_dir, size=corpus_size, seed=0)
     else:
         print(f"[demo] 1/4 corpus already at {corpus_dir}")
 
-    config = load_config(DEMO_CONFIG, [f"exp_dir={out}"])
+    manifests = [f"data.train_manifests=[{corpus_dir}/train.jsonl]", f"data.dev_manifest={corpus_dir}/dev.jsonl",
+                 f"data.test_manifests={{test_clean: {corpus_dir}/test_clean.jsonl, "
+                 f"test_noisy: {corpus_dir}/test_noisy.jsonl}}"]
+    config = load_config(DEMO_CONFIG, [f"exp_dir={out}", *manifests, *(overrides or [])])
     print(f"[demo] 2/4 training tiny Conformer-CTC + uot transfer (rho_frames={config.transfer.rho_frames}) "
           f"for {config.optim.epochs} epochs -> {out}")
     final = run(config, resume=True)
@@ -49,6 +54,7 @@ def run_demo(out: str = "exp/demo", corpus: str = "data/demo") -> int:
         align_command(ckpt=None, manifest=config.data.test_manifests["test_noisy"], out_dir=str(plots_dir / "trained"),
                       aligners=["ot", "uot", "partial"], rhos=[0.1, 1.0], epsilons=[config.transfer.eps],
                       synthetic=False, num_utterances=8, encode_fn=make_encode_fn(trainable, train_config, cmvn))
+        print(f"[demo] trained-model alignment report: {plots_dir / 'trained'}")
         align_command(ckpt=None, manifest=None, out_dir=str(plots_dir / "synthetic"), aligners=["ot", "uot", "partial"],
                       rhos=[0.01, 0.03, 0.1, 0.3, 1.0], epsilons=[0.05], synthetic=True, num_utterances=16)
     except Exception as error:  # the plots are a bonus of the demo: report, don't hide, a failure

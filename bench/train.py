@@ -3,7 +3,7 @@
 One step = forward + backward + optimizer step of the tiny Conformer-CTC (+ adapter + aligner).
 PLM states are computed once before timing (training reads them from the cache), so the ratio
 measures only what the aligner adds. Features are random fbank-shaped tensors: step time does
-not depend on their values. Median over ``--repeats`` steps after ``--warmup`` steps.
+not depend on their values. Median over ``--repeats`` round-robin rounds after ``--warmup`` rounds.
 
     python -m bench.train [--batch 16] [--seconds 6] [--threads 2] [--aligners none,uot,ot,...]
 """
@@ -54,23 +54,27 @@ def main(argv: list[str] | None = None) -> int:
     feat_lengths[1::2] = int(frames * 0.8)  # ragged, as real batches are
     targets, target_lengths = encode_targets(tokenizer, texts)
 
-    rows = []
+    # Round-robin over aligners, one step each per round, so that load changes on this shared
+    # machine hit every aligner alike; medians per aligner over the timed rounds.
+    systems = {}
     for aligner in args.aligners.split(","):
         config = load_config(None, [f"transfer.aligner={aligner}", f"transfer.n_iter={args.n_iter}"])
         trainable = build_trainable(config, tokenizer.vocab_size, teacher.width)
-        optimizer = torch.optim.AdamW(trainable.parameters(), lr=1e-4)
-        times = []
-        for step in range(args.warmup + args.repeats):
+        systems[aligner] = (trainable, torch.optim.AdamW(trainable.parameters(), lr=1e-4))
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    for round_index in range(args.warmup + args.repeats):
+        for aligner, (trainable, optimizer) in systems.items():
             start = time.perf_counter()
             losses = trainable(feats, feat_lengths, targets, target_lengths, plm.states, plm.mask)
             loss = losses["ctc"] + 0.3 * (losses["kt"] + losses["aux"])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if step >= args.warmup:
-                times.append(time.perf_counter() - start)
-        rows.append((aligner, statistics.median(times)))
-        print(f"{aligner:10s} median step {rows[-1][1] * 1000:7.1f} ms", file=sys.stderr)
+            if round_index >= args.warmup:
+                times[aligner].append(time.perf_counter() - start)
+    rows = [(aligner, statistics.median(values)) for aligner, values in times.items()]
+    for aligner, seconds in rows:
+        print(f"{aligner:10s} median step {seconds * 1000:7.1f} ms", file=sys.stderr)
 
     base = dict(rows).get("none")
     print(f"\nB={args.batch}, {args.seconds:g} s utterances, tiny preset, {args.threads} threads, "

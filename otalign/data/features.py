@@ -240,19 +240,33 @@ class GlobalCMVN:
 
     __call__ = apply
 
+    def to_dict(self) -> dict:
+        """The statistics as a JSON-ready dict (the form stored in checkpoints and cmvn.json)."""
+        if self.mean is None:
+            raise ValueError("GlobalCMVN has no statistics to export")
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "num_frames": self.num_frames}
+
+    @classmethod
+    def from_dict(cls, stats: dict) -> "GlobalCMVN":
+        try:
+            return cls(np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64),
+                       int(stats.get("num_frames", 0)))
+        except KeyError as err:
+            raise ValueError(f"CMVN statistics lack {err}") from err
+
     def save(self, path: str | os.PathLike) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"mean": self.mean.tolist(), "std": self.std.tolist(), "num_frames": self.num_frames}, f)
+            json.dump(self.to_dict(), f)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GlobalCMVN":
         with open(path, encoding="utf-8") as f:
             stats = json.load(f)
         try:
-            return cls(np.array(stats["mean"]), np.array(stats["std"]), int(stats.get("num_frames", 0)))
-        except KeyError as err:
-            raise ValueError(f"CMVN file {path} lacks {err}") from err
+            return cls.from_dict(stats)
+        except ValueError as err:
+            raise ValueError(f"CMVN file {path}: {err}") from err
 
 
 def spec_augment(feats: np.ndarray, rng: np.random.Generator, num_freq_masks: int = 2,

@@ -20,9 +20,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from otalign.data.dataset import SpeechDataset, collate_batch
@@ -62,13 +60,6 @@ def load_for_decoding(ckpt: str | os.PathLike) -> InferenceModel:
         d = {"model": d["trainable"], "model_config": config, "tokenizer": tokenizer, "cmvn": d.get("cmvn"),
              **{k: d[k] for k in ("git_hash", "config", "epoch") if k in d}}
     return inference_model_from_state(d, source=str(p))
-
-
-def _cmvn(stats: dict[str, Any] | None) -> GlobalCMVN | None:
-    if stats is None:
-        return None
-    return GlobalCMVN(np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64),
-                      int(stats.get("num_frames", 0)))
 
 
 def decode_manifest(
@@ -111,7 +102,7 @@ def decode_manifest(
     utterances = list(result.utterances) if hasattr(result, "utterances") else list(result)
     if not utterances:
         raise ValueError(f"manifest {manifest} has no usable utterance")
-    dataset = SpeechDataset(utterances, cache_dir=feature_cache_dir, cmvn=_cmvn(inf.cmvn))
+    dataset = SpeechDataset(utterances, cache_dir=feature_cache_dir, cmvn=GlobalCMVN.from_dict(inf.cmvn) if inf.cmvn else None)
     lm_decoder = None
     if lm_path is not None:
         from otalign.decode.lm import LMBeamDecoder

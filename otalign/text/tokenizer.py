@@ -25,8 +25,9 @@ DEFAULT_CHARS: tuple[str, ...] = ("'", WORD_SEPARATOR) + tuple("abcdefghijklmnop
 _WHITESPACE = re.compile(r"\s+")
 
 
-def normalize_text(text: str) -> str:
-    """Lower-case and collapse whitespace: the one text normalisation shared by training and scoring."""
+def collapse_whitespace(text: str) -> str:
+    """Lower-case and collapse whitespace. Transcripts are normalised once, when a manifest is made
+    (``otalign.data.manifest.normalize_text``); this only makes encode/decode robust to spacing."""
     return _WHITESPACE.sub(" ", text.lower()).strip()
 
 
@@ -68,7 +69,7 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         """Normalise ``text`` and map each character to its id (space -> the ``"|"`` id)."""
         ids: list[int] = []
-        for ch in normalize_text(text):
+        for ch in collapse_whitespace(text):
             key = WORD_SEPARATOR if ch == " " else ch
             idx = self._id_of.get(key)
             if idx is None or idx == 0:
@@ -92,7 +93,7 @@ class CharTokenizer:
                 raise ValueError(f"id {i} is outside the vocabulary [0, {len(self.symbols)})")
             s = self.symbols[i]
             chars.append(" " if s == WORD_SEPARATOR else s)
-        return normalize_text("".join(chars))
+        return collapse_whitespace("".join(chars))
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "symbols": self.symbols[1:], "unknown": self.unknown}
@@ -132,7 +133,7 @@ class SentencePieceTokenizer:
         """Train a SentencePiece model from normalised ``texts`` (deterministic, single thread)."""
         import sentencepiece as spm
 
-        lines = [normalize_text(t) for t in texts]
+        lines = [collapse_whitespace(t) for t in texts]
         lines = [t for t in lines if t]
         if not lines:
             raise ValueError("texts is empty: cannot train a SentencePiece model")
@@ -165,7 +166,7 @@ class SentencePieceTokenizer:
         return self._sp.get_piece_size() + 1
 
     def encode(self, text: str) -> list[int]:
-        return [i + 1 for i in self._sp.encode(normalize_text(text), out_type=int)]
+        return [i + 1 for i in self._sp.encode(collapse_whitespace(text), out_type=int)]
 
     def decode(self, ids: Iterable[int]) -> str:
         pieces = []
@@ -176,7 +177,7 @@ class SentencePieceTokenizer:
             if not 0 < i < self.vocab_size:
                 raise ValueError(f"id {i} is outside the vocabulary [0, {self.vocab_size})")
             pieces.append(i - 1)
-        return normalize_text(self._sp.decode(pieces))
+        return collapse_whitespace(self._sp.decode(pieces))
 
     def to_dict(self) -> dict:
         import base64

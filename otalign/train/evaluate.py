@@ -19,7 +19,7 @@ from otalign.text.cache import TeacherCache
 from otalign.text.teacher import PLMTeacher
 from otalign.text.tokenizer import CharTokenizer
 from otalign.train.config import TrainConfig, _from_dict
-from otalign.train.trainer import Trainable, build_trainable, cmvn_from_dict
+from otalign.train.trainer import Trainable, build_trainable
 
 
 def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, GlobalCMVN | None]:
@@ -38,7 +38,7 @@ def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, Globa
     trainable = build_trainable(config, CharTokenizer().vocab_size, plm_width)
     trainable.load_state_dict(ckpt["trainable"])
     trainable.eval()
-    cmvn = cmvn_from_dict(ckpt.get("cmvn"))
+    cmvn = GlobalCMVN.from_dict(ckpt["cmvn"]) if ckpt.get("cmvn") else None
     return trainable, config, cmvn
 
 

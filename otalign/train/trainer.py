@@ -15,11 +15,9 @@ import json
 import math
 import os
 import random
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +30,7 @@ from otalign.align.transfer import KnowledgeTransfer
 from otalign.data.dataset import BucketBatchSampler, SpeechDataset, collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import read_manifest
-from otalign.decode.scoring import score
+from otalign.decode.scoring import git_hash, score
 from otalign.decode.search import ctc_greedy
 from otalign.models.asr import CTCModel
 from otalign.models.export import export_inference_model
@@ -76,14 +74,6 @@ def setup_distributed() -> DistInfo:
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()
-
-
-def git_hash() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def seed_everything(seed: int) -> None:
@@ -148,18 +138,6 @@ def compute_cmvn(utterances, config: TrainConfig) -> GlobalCMVN:
     """Global CMVN over the training set (fills the feature cache as a side effect)."""
     dataset = SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir)
     return GlobalCMVN.from_features(dataset.features(i) for i in tqdm(range(len(dataset)), desc="cmvn/fbank"))
-
-
-def cmvn_to_dict(cmvn: GlobalCMVN | None) -> dict[str, Any] | None:
-    if cmvn is None:
-        return None
-    return {"mean": cmvn.mean.tolist(), "std": cmvn.std.tolist(), "num_frames": cmvn.num_frames}
-
-
-def cmvn_from_dict(stats: dict[str, Any] | None) -> GlobalCMVN | None:
-    if stats is None:
-        return None
-    return GlobalCMVN(np.asarray(stats["mean"]), np.asarray(stats["std"]), int(stats.get("num_frames", 0)))
 
 
 def encode_targets(tokenizer: CharTokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,7 +343,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
             checkpoint = {"trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "epoch": state.epoch, "step": state.step,
                           "bad_batches": state.bad_batches, "config": to_dict(config),
-                          "tokenizer": tokenizer.to_dict(), "cmvn": cmvn_to_dict(cmvn),
+                          "tokenizer": tokenizer.to_dict(), "cmvn": cmvn.to_dict() if cmvn else None,
                           "git_hash": git_hash()}
             save_checkpoint(exp_dir, state.epoch, checkpoint, metrics, keep=config.keep_checkpoints)
             for key in ("train_loss", "train_kt", "dev_loss", "dev_cer", "x_real_time"):
@@ -389,7 +367,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         paths = [exp_dir / f"epoch_{m['epoch']}.pt" for m in best]
         averaged = average_checkpoints(paths, key="trainable")
         export_inference_model({"model": averaged, "model_config": trainable.asr.config,
-                                "tokenizer": tokenizer.to_dict(), "cmvn": cmvn_to_dict(cmvn),
+                                "tokenizer": tokenizer.to_dict(), "cmvn": cmvn.to_dict() if cmvn else None,
                                 "git_hash": git_hash(), "config": to_dict(config),
                                 "averaged_epochs": [m["epoch"] for m in best]}, final)
         (exp_dir / "avg.json").write_text(json.dumps({"averaged_epochs": [m["epoch"] for m in best],
@@ -402,6 +380,3 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         dist.destroy_process_group()
     return final
 
-
-def describe(config: TrainConfig) -> dict[str, Any]:
-    return {"config": to_dict(config), "git_hash": git_hash()}

@@ -46,6 +46,10 @@ class ModelConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     """Keyword overrides of the preset, e.g. {num_layers: 6}."""
     dropout: float = 0.1
+    units: str = "char"
+    """CTC output units: 'char' (blank, apostrophe, space, a-z) or 'sentencepiece' (trained on the train texts)."""
+    sentencepiece_vocab: int = 256
+    """SentencePiece vocabulary size (without the blank) when units = 'sentencepiece'."""
 
 
 @dataclass
@@ -196,6 +200,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"transfer.grad must be 'unrolled' or 'last_step', got '{config.transfer.grad}'")
     if config.optim.schedule not in {"noam", "constant"}:
         raise ValueError(f"optim.schedule must be 'noam' or 'constant', got '{config.optim.schedule}'")
+    if config.model.units not in {"char", "sentencepiece"}:
+        raise ValueError(f"model.units must be 'char' or 'sentencepiece', got '{config.model.units}'")
     if config.optim.epochs < 1:
         raise ValueError(f"optim.epochs must be >= 1, got {config.optim.epochs}")
     if not config.data.train_manifests:

@@ -17,7 +17,7 @@ from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import Utterance
 from otalign.text.cache import TeacherCache
 from otalign.text.teacher import PLMTeacher
-from otalign.text.tokenizer import CharTokenizer
+from otalign.text.tokenizer import tokenizer_from_dict
 from otalign.train.config import TrainConfig, _from_dict
 from otalign.train.trainer import Trainable, build_trainable
 
@@ -35,7 +35,8 @@ def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, Globa
     plm_width = None
     if config.transfer.aligner != "none":
         plm_width = PLMTeacher(config.teacher.model_dir, layer=config.teacher.layer).width
-    trainable = build_trainable(config, CharTokenizer().vocab_size, plm_width)
+    vocab_size = tokenizer_from_dict(ckpt["tokenizer"], source=str(ckpt_path)).vocab_size
+    trainable = build_trainable(config, vocab_size, plm_width)
     trainable.load_state_dict(ckpt["trainable"])
     trainable.eval()
     cmvn = GlobalCMVN.from_dict(ckpt["cmvn"]) if ckpt.get("cmvn") else None

@@ -36,7 +36,7 @@ from otalign.models.asr import CTCModel
 from otalign.models.export import export_inference_model
 from otalign.text.cache import TeacherCache
 from otalign.text.teacher import PLMTeacher
-from otalign.text.tokenizer import CharTokenizer
+from otalign.text.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from otalign.train.checkpoint import (average_checkpoints, latest_checkpoint, rank_checkpoints,
                                       save_checkpoint)
 from otalign.train.config import TrainConfig, save_config, to_dict
@@ -140,7 +140,18 @@ def compute_cmvn(utterances, config: TrainConfig) -> GlobalCMVN:
     return GlobalCMVN.from_features(dataset.features(i) for i in tqdm(range(len(dataset)), desc="cmvn/fbank"))
 
 
-def encode_targets(tokenizer: CharTokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def build_tokenizer(config: TrainConfig, train_utts, exp_dir: Path, info: DistInfo) -> Tokenizer:
+    """Characters, or SentencePiece units trained once (rank 0) on the training texts and saved."""
+    if config.model.units == "char":
+        return CharTokenizer()
+    path = exp_dir / "tokenizer.json"
+    if info.is_main and not path.exists():
+        SentencePieceTokenizer.train([u.text for u in train_utts], vocab_size=config.model.sentencepiece_vocab).save(path)
+    barrier(info)
+    return load_tokenizer(path)
+
+
+def encode_targets(tokenizer: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     ids = [torch.tensor(tokenizer.encode(text), dtype=torch.long) for text in texts]
     lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)
     padded = nn.utils.rnn.pad_sequence(ids, batch_first=True) if ids else torch.zeros(0, 0, dtype=torch.long)
@@ -166,7 +177,7 @@ def lr_lambda(config: TrainConfig):
     return factor
 
 
-def compute_loss(trainable: nn.Module, batch: dict, tokenizer: CharTokenizer, teacher: TeacherCache | None,
+def compute_loss(trainable: nn.Module, batch: dict, tokenizer: Tokenizer, teacher: TeacherCache | None,
                  device: torch.device) -> dict[str, torch.Tensor]:
     targets, target_lengths = encode_targets(tokenizer, batch["texts"])
     plm_states = plm_mask = None
@@ -178,7 +189,7 @@ def compute_loss(trainable: nn.Module, batch: dict, tokenizer: CharTokenizer, te
 
 
 @torch.no_grad()
-def validate(trainable: Trainable, loader: DataLoader, tokenizer: CharTokenizer, device: torch.device,
+def validate(trainable: Trainable, loader: DataLoader, tokenizer: Tokenizer, device: torch.device,
              info: DistInfo) -> dict[str, float]:
     """Dev CTC loss and greedy CER (computed on each rank's shard, reduced across ranks)."""
     trainable.eval()
@@ -212,7 +223,7 @@ class EpochState:
 
 
 def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, optimizer, scheduler,
-                    tokenizer: CharTokenizer, teacher: TeacherCache | None, config: TrainConfig,
+                    tokenizer: Tokenizer, teacher: TeacherCache | None, config: TrainConfig,
                     state: EpochState, info: DistInfo, writer) -> dict[str, float]:
     model.train()
     totals = {"loss": 0.0, "ctc": 0.0, "kt": 0.0, "aux": 0.0, "batches": 0, "audio_s": 0.0,
@@ -280,8 +291,8 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         exp_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, exp_dir / "config.yaml")
 
-    tokenizer = CharTokenizer()
     train_utts = load_manifests(config.data.train_manifests, config.data.strict)
+    tokenizer = build_tokenizer(config, train_utts, exp_dir, info)
     dev_utts = load_manifests([config.data.dev_manifest], config.data.strict)
 
     cmvn = None

@@ -57,3 +57,17 @@ def test_nan_losses_are_skipped_counted_then_abort(tiny_corpus, tmp_path, monkey
                          + ["optim.max_bad_batches=2"])
     with pytest.raises(RuntimeError, match="NaN/Inf loss"):
         run(config)
+
+
+def test_sentencepiece_units_train_export_and_decode(tiny_corpus, tmp_path):
+    exp = tmp_path / "sp"
+    overrides = tiny_overrides(tiny_corpus, exp, aligner="none", epochs=1) + [
+        "model.units=sentencepiece", "model.sentencepiece_vocab=60"]
+    final = run(load_config(None, overrides))
+    export = torch.load(final, weights_only=False)
+    assert export["tokenizer"]["kind"] == "sentencepiece"
+    assert export["model_config"]["vocab_size"] > 29  # more than the 28 characters + blank
+    from otalign.decode.recipe import decode_manifest
+    report = decode_manifest(final, tiny_corpus / "test_clean.jsonl", tmp_path / "decode",
+                             feature_cache_dir=str(tiny_corpus / "fbank_cache"))
+    assert report.num_utts == 8

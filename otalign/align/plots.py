@@ -95,12 +95,7 @@ def plot_aligner_panels(example, plans: Mapping[str, object], path: str | Path, 
         axes[k // cols][k % cols].axis("off")
     fig.suptitle(f"{example.id}: \"{example.text}\"  (boxes: true word spans; grey: silence; orange: noise)",
                  fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi)
 
 
 def _fmt(value: float) -> str:
@@ -190,6 +185,10 @@ def plot_pr_curves(rows: Sequence[Mapping], path: str | Path, dpi: int = 90) -> 
                 (":", "", "mass on nonspeech"))]
     handles += [Line2D([], [], color=colors[eps], lw=3, label=f"eps={eps:g}") for eps in epsilons]
     ax_rho.legend(handles=handles, fontsize=7, ncol=2, loc="center left")
+    return _save(fig, path, dpi)
+
+
+def _save(fig, path: str | Path, dpi: int) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

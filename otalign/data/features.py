@@ -41,6 +41,16 @@ class AudioError(ValueError):
     """Audio that cannot be used: missing, unreadable, empty or not mono."""
 
 
+def check_audio_file(path: str | os.PathLike) -> str:
+    """The path as a string; ``AudioError`` naming it when it is missing or has 0 bytes."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise AudioError(f"audio file {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"audio file {path} is empty (0 bytes)")
+    return path
+
+
 def load_audio(path: str | os.PathLike, offset_s: float = 0.0, duration_s: float | None = None,
                allow_multichannel: bool = False) -> tuple[np.ndarray, int]:
     """Read audio as float32 mono in [-1, 1] and its sample rate.
@@ -50,11 +60,7 @@ def load_audio(path: str | os.PathLike, offset_s: float = 0.0, duration_s: float
     ``offset``). Raises ``AudioError`` naming the file when it is missing, unreadable, empty, or has
     more than one channel (unless ``allow_multichannel``, which averages the channels).
     """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise AudioError(f"audio file {path} does not exist")
-    if os.path.getsize(path) == 0:
-        raise AudioError(f"audio file {path} is empty (0 bytes)")
+    path = check_audio_file(path)
     try:
         samples, sample_rate = _read_soundfile(path, offset_s, duration_s)
     except AudioError:

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from otalign.data.features import AudioError, load_audio
+from otalign.data.features import AudioError, check_audio_file, load_audio
 from otalign.data.manifest import SkipCounter, Utterance, normalize_text, write_manifest
 
 __all__ = ["probe_audio", "import_kaldi", "import_librispeech", "import_aishell"]
@@ -37,11 +37,7 @@ def probe_audio(path: str | os.PathLike, allow_multichannel: bool = False) -> tu
     """
     import soundfile as sf
 
-    path = str(path)
-    if not os.path.isfile(path):
-        raise AudioError(f"audio file {path} does not exist")
-    if os.path.getsize(path) == 0:
-        raise AudioError(f"audio file {path} is empty (0 bytes)")
+    path = check_audio_file(path)
     try:
         info = sf.info(path)
     except Exception:

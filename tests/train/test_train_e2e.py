@@ -71,3 +71,13 @@ def test_sentencepiece_units_train_export_and_decode(tiny_corpus, tmp_path):
     report = decode_manifest(final, tiny_corpus / "test_clean.jsonl", tmp_path / "decode",
                              feature_cache_dir=str(tiny_corpus / "fbank_cache"))
     assert report.num_utts == 8
+
+
+def test_same_seed_reproduces_the_run(tiny_corpus, tmp_path):
+    metrics = []
+    for name in ("a", "b"):
+        exp = tmp_path / name
+        run(load_config(None, tiny_overrides(tiny_corpus, exp, aligner="uot", epochs=1)))
+        metrics.append(json.loads((exp / "epoch_1.json").read_text()))
+    for key in ("train_loss", "train_kt", "dev_loss", "dev_cer"):
+        assert metrics[0][key] == metrics[1][key], key

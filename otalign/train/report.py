@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -73,7 +74,9 @@ def benchmark_table(systems: dict[str, list[dict[str, Any]]], order: list[str]) 
 
 def plot_rho(systems: dict[str, list[dict[str, Any]]], out_png: Path, title: str) -> bool:
     """CER and alignment precision/recall against rho for the uot systems; False if < 2 rho values."""
-    uot = [r for runs in systems.values() for r in runs if r["aligner"] == "uot"]
+    # Only the plain rho sweep (systems named uot_rho<value>): variants such as a different PLM
+    # layer differ in more than rho and would blur the curve.
+    uot = [r for name, runs in systems.items() if re.fullmatch(r"uot_rho[0-9.]+", name) for r in runs]
     rhos = sorted({_rho(r) for r in uot})
     if len(rhos) < 2:
         return False

@@ -11,6 +11,7 @@ The PLM never runs inside the loop: token states are computed once into an on-di
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -67,7 +68,9 @@ def setup_distributed() -> DistInfo:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        # Rank 0 computes CMVN and the PLM cache while the others wait at a barrier: on a large
+        # corpus that outlasts the default 30-minute collective timeout.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=4))
     return DistInfo(rank, world, local_rank, device)
 
 

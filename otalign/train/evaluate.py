@@ -84,4 +84,10 @@ def alignment_metrics(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMV
             plan = transferred.plan[row, :frames, :tokens]
             nonspeech = [span.to_dict() for span in utt.nonspeech or []]
             per_utterance.append(utterance_metrics(plan, plm.word_index[row, :tokens], utt.words, nonspeech))
-    return aggregate_metrics(per_utterance)
+    metrics = aggregate_metrics(per_utterance)
+    # Utterances without word timings cannot be scored; count them rather than drop them silently.
+    metrics["num_without_word_spans"] = len(utterances) - len(scored)
+    if metrics["num_without_word_spans"]:
+        print(f"[align] {metrics['num_without_word_spans']} of {len(utterances)} utterances have no word "
+              f"spans and were not scored")
+    return metrics

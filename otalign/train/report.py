@@ -29,12 +29,19 @@ def _mean(values: list[float]) -> float:
     return statistics.mean(values) if values else math.nan
 
 
-def load_results(results_dir: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """benchmark -> system -> list of run results (one per seed)."""
+def load_results(results_dir: Path, benchmarks: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """benchmark -> system -> list of run results (one per seed), read from ``results_dir/<benchmark>/``.
+
+    Other folders under ``results_dir`` (diagnostics) are not run results and are not read.
+    """
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for path in sorted(results_dir.glob("*/*.json")):
-        result = json.loads(path.read_text())
-        grouped[result["benchmark"]][result["system"]].append(result)
+    for bench in benchmarks:
+        for path in sorted((results_dir / bench).glob("*.json")):
+            result = json.loads(path.read_text())
+            missing = {"benchmark", "system", "test"} - set(result)
+            if missing:
+                raise ValueError(f"{path}: not a run result (missing {sorted(missing)})")
+            grouped[result["benchmark"]][result["system"]].append(result)
     return grouped
 
 
@@ -72,41 +79,55 @@ def benchmark_table(systems: dict[str, list[dict[str, Any]]], order: list[str]) 
     return lines
 
 
+def rho_families(systems: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """uot runs grouped by everything but rho: ``uot_rho0.3_layer0_w100`` -> family ``uot_rho*_layer0_w100``.
+
+    A curve against rho only makes sense when nothing else changes along it (PLM layer, lambda, ...),
+    so each family is its own curve; families with fewer than two rho values are left out.
+    """
+    families: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for name, runs in systems.items():
+        if re.match(r"uot_rho[0-9.]+", name):
+            families[re.sub(r"rho[0-9.]+", "rho*", name, count=1)].extend(runs)
+    return {name: runs for name, runs in sorted(families.items()) if len({_rho(r) for r in runs}) >= 2}
+
+
 def plot_rho(systems: dict[str, list[dict[str, Any]]], out_png: Path, title: str) -> bool:
-    """CER and alignment precision/recall against rho for the uot systems; False if < 2 rho values."""
-    # Only the plain rho sweep (systems named uot_rho<value>): variants such as a different PLM
-    # layer differ in more than rho and would blur the curve.
-    uot = [r for name, runs in systems.items() if re.fullmatch(r"uot_rho[0-9.]+", name) for r in runs]
-    rhos = sorted({_rho(r) for r in uot})
-    if len(rhos) < 2:
+    """CER and alignment precision/recall against rho, one curve per uot family; False if none has 2 rhos."""
+    families = rho_families(systems)
+    if not families:
         return False
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax_cer, ax_pr) = plt.subplots(1, 2, figsize=(10, 4))
-    test_names = sorted({name for r in uot for name in r["test"]})
+    from matplotlib.ticker import NullFormatter
+    fig, (ax_cer, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.5))
+    test_names = sorted({name for runs in families.values() for r in runs for name in r["test"]})
     for name in test_names:
-        means = [_mean([r["test"][name]["cer"] for r in uot if _rho(r) == rho and name in r["test"]]) for rho in rhos]
-        (line,) = ax_cer.plot(rhos, [100 * m for m in means], marker="o", label=f"uot, {name}")
         base = _mean([r["test"][name]["cer"] for r in systems.get("ctc", []) if name in r["test"]])
         if not math.isnan(base):
-            ax_cer.axhline(100 * base, linestyle="--", linewidth=1, color=line.get_color(), label=f"plain CTC, {name}")
-    ax_cer.set_xscale("log")
+            ax_cer.axhline(100 * base, linestyle="--", linewidth=1, color="grey")
+            ax_cer.annotate(f"plain CTC, {name}", (1, 100 * base), xycoords=("axes fraction", "data"),
+                            ha="right", va="bottom", fontsize=7, color="grey")
+    first = next((n for n in test_names if "noisy" in n), test_names[0] if test_names else None)
+    for family, runs in families.items():
+        rhos = sorted({_rho(r) for r in runs})
+        for name in test_names:
+            means = [_mean([r["test"][name]["cer"] for r in runs if _rho(r) == rho and name in r["test"]])
+                     for rho in rhos]
+            ax_cer.plot(rhos, [100 * m for m in means], marker="o", label=f"{family}, {name}")
+        for key, label in (("micro_precision", "P"), ("micro_token_recall", "R"),
+                           ("micro_mass_on_nonspeech", "mass on sil/noise")):
+            ax_pr.plot(rhos, [_mean([r["alignment"].get(first, {}).get(key, math.nan) for r in runs
+                                     if _rho(r) == rho]) for rho in rhos], marker="o", label=f"{family}: {label}")
     ax_cer.set_xlabel("rho_frames (degree of matching)")
     ax_cer.set_ylabel("CER %")
-    ax_cer.legend(fontsize=7)
-    first = next((n for n in test_names if "noisy" in n), test_names[0] if test_names else None)
-    for key, label in (("micro_precision", "precision"), ("micro_token_recall", "token recall"),
-                       ("micro_mass_on_nonspeech", "mass on silence/noise")):
-        ax_pr.plot(rhos, [_mean([r["alignment"].get(first, {}).get(key, math.nan) for r in uot if _rho(r) == rho])
-                          for rho in rhos], marker="o", label=label)
-    ax_pr.set_xscale("log")
     ax_pr.set_xlabel("rho_frames")
     ax_pr.set_ylabel(f"alignment on {first}")
-    ax_pr.legend(fontsize=7)
-    from matplotlib.ticker import NullFormatter
     for ax in (ax_cer, ax_pr):
+        ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=6)
     fig.suptitle(title)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +138,7 @@ def plot_rho(systems: dict[str, list[dict[str, Any]]], out_png: Path, title: str
 
 def write_report(spec: dict[str, Any], out_md: Path) -> None:
     results_dir = Path(spec.get("results_dir", "results"))
-    grouped = load_results(results_dir)
+    grouped = load_results(results_dir, list(spec["benchmarks"]))
     order = list(spec["systems"])
     lines = [f"# Results: {spec.get('name', 'experiment')}", "",
              f"Generated by `otalign experiment --report-only` from `{results_dir}/`; every number below is "

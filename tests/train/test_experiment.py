@@ -44,3 +44,19 @@ def test_smoke_grid_runs_writes_results_and_resumes(tmp_path, monkeypatch):
     stamp = os.path.getmtime(results[0])
     run_experiment(config)  # everything done: nothing is recomputed
     assert os.path.getmtime(results[0]) == stamp
+
+
+def test_rho_families_group_uot_runs_by_everything_but_rho():
+    from otalign.train.report import rho_families
+
+    def run(name, rho):
+        return {"system": name, "rho_frames": rho, "test": {}, "alignment": {}}
+
+    systems = {"ctc": [run("ctc", 1.0)], "uot_rho0.3": [run("uot_rho0.3", 0.3)], "uot_rho3": [run("uot_rho3", 3.0)],
+               "uot_rho0.3_layer0_w100": [run("uot_rho0.3_layer0_w100", 0.3)],
+               "uot_rho0.03_layer0_w100": [run("uot_rho0.03_layer0_w100", 0.03)],
+               "uot_rho0.3_layer0": [run("uot_rho0.3_layer0", 0.3)]}
+    families = rho_families(systems)
+    # uot_rho*_layer0 has a single rho: no curve; ctc is no uot family
+    assert sorted(families) == ["uot_rho*", "uot_rho*_layer0_w100"]
+    assert sorted(r["rho_frames"] for r in families["uot_rho*_layer0_w100"]) == [0.03, 0.3]

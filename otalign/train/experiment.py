@@ -11,6 +11,9 @@ Stages (each idempotent, each skipped when its output exists):
 The experiment YAML holds ``base`` (a TrainConfig mapping), ``systems`` (name -> overrides),
 ``benchmarks`` (name -> overrides, typically data paths) and ``seeds``; a run's config is
 base <- benchmark <- system <- {seed, exp_dir}, validated by the one schema in config.py.
+``attempts`` has the same form as ``systems``: the settings tried while looking for why the grid
+does what it does. They are not part of the grid: they run only when ``--only`` names them, and
+the report lists them in a table of their own.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"experiment config not found: {path}")
     spec = yaml.safe_load(path.read_text()) or {}
     known = {"name", "results_dir", "exp_root", "seeds", "base", "systems", "benchmarks", "prepare",
-             "report", "alignment_utterances", "keep_checkpoints"}
+             "report", "alignment_utterances", "keep_checkpoints", "attempts"}
     unknown = set(spec) - known
     if unknown:
         raise ValueError(f"{path}: unknown experiment key(s) {sorted(unknown)} (known: {sorted(known)})")
@@ -54,12 +57,16 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     return spec
 
 
-def run_configs(spec: dict[str, Any]) -> list[tuple[str, str, int, TrainConfig]]:
-    """Every (benchmark, system, seed, config) of the grid, configs validated up front."""
+def run_configs(spec: dict[str, Any], attempts: bool = False) -> list[tuple[str, str, int, TrainConfig]]:
+    """Every (benchmark, system, seed, config) of the grid (plus the attempts if asked), validated up front."""
     runs = []
     exp_root = Path(spec.get("exp_root", "exp/experiment"))
+    systems = {**spec["systems"], **(spec.get("attempts") or {})} if attempts else spec["systems"]
+    clash = set(spec["systems"]) & set(spec.get("attempts") or {})
+    if clash:
+        raise ValueError(f"names used both as systems and as attempts: {sorted(clash)}")
     for bench_name, bench in spec["benchmarks"].items():
-        for system, overrides in spec["systems"].items():
+        for system, overrides in systems.items():
             for seed in spec["seeds"]:
                 raw = _merge(_merge(spec.get("base", {}), bench.get("train", {})), overrides or {})
                 raw["seed"] = seed
@@ -157,8 +164,13 @@ def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bo
     still compares all systems.
     """
     spec = load_experiment(config_path)
-    runs = sorted(run_configs(spec), key=lambda r: (list(spec["benchmarks"]).index(r[0]), r[2]))
     wanted = set(only.split(",")) if only else None
+    known = set(spec["systems"]) | set(spec.get("attempts") or {})
+    if wanted and wanted - known:
+        raise ValueError(f"--only: unknown system(s) {sorted(wanted - known)} in {config_path}")
+    # attempts run only when --only names them; the grid count covers the systems alone
+    runs = [r for r in run_configs(spec, attempts=bool(wanted)) if r[1] in spec["systems"] or r[1] in wanted]
+    runs.sort(key=lambda r: (list(spec["benchmarks"]).index(r[0]), r[2]))
     wanted_seeds = {int(k) for k in seeds.split(",")} if seeds else None
     wanted_benchmarks = set(benchmarks.split(",")) if benchmarks else None
     if not report_only:
@@ -166,7 +178,8 @@ def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bo
                    if not result_path(spec, b, s, k).exists() and (wanted is None or s in wanted)
                    and (wanted_seeds is None or k in wanted_seeds)
                    and (wanted_benchmarks is None or b in wanted_benchmarks)]
-        print(f"[experiment] {len(runs)} runs in the grid, {len(pending)} to do")
+        grid_size = sum(1 for r in runs if r[1] in spec["systems"])
+        print(f"[experiment] {grid_size} runs in the grid (+{len(runs) - grid_size} attempts), {len(pending)} to do")
         for bench, system, seed, _ in pending if dry_run else []:
             print(f"  todo: {bench}/{system}/seed{seed}")
         if dry_run:

@@ -148,13 +148,22 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
              "with the share of transported mass that lands on annotated silence/noise.", ""]
     for bench in spec["benchmarks"]:
         systems = grouped.get(bench, {})
-        done = sum(len(v) for v in systems.values())
+        done = sum(len(v) for name, v in systems.items() if name in spec["systems"])
         total = len(spec["systems"]) * len(spec["seeds"])
         lines += [f"## Benchmark `{bench}` ({done}/{total} runs finished)", ""]
         if not systems:
             lines += ["No finished run yet.", ""]
             continue
         lines += benchmark_table(systems, order) + [""]
+        attempts = [name for name in spec.get("attempts") or {} if name in systems]
+        if attempts:
+            lines += [f"Attempts on `{bench}` (not part of the grid; settings in `conf/experiment.yaml`, "
+                      "'rel. CER vs ctc' against the same ctc mean):", ""]
+            lines += benchmark_table(systems, ["ctc"] + attempts) + [""]
+        unknown = sorted(set(systems) - set(spec["systems"]) - set(spec.get("attempts") or {}))
+        if unknown:
+            lines += [f"Results under `{results_dir / bench}` for names this config does not define (not shown): "
+                      + ", ".join(f"`{name}`" for name in unknown), ""]
         png = out_md.parent / "img" / "results" / f"{bench}_rho.png"
         if plot_rho(systems, png, f"{bench}: CER and alignment against rho"):
             lines += [f"![CER and precision/recall against rho]({png.relative_to(out_md.parent).as_posix()})", ""]

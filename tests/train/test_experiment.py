@@ -60,3 +60,24 @@ def test_rho_families_group_uot_runs_by_everything_but_rho():
     # uot_rho*_layer0 has a single rho: no curve; ctc is no uot family
     assert sorted(families) == ["uot_rho*", "uot_rho*_layer0_w100"]
     assert sorted(r["rho_frames"] for r in families["uot_rho*_layer0_w100"]) == [0.03, 0.3]
+
+
+def test_attempts_run_only_when_named_and_never_clash_with_systems(tmp_path, capsys):
+    spec_text = ("seeds: [0]\nbenchmarks: {b: {}}\nreport: null\nresults_dir: " + str(tmp_path / "r") + "\n"
+                 "systems: {ctc: {transfer: {aligner: none}}}\n"
+                 "attempts: {uot_w100: {transfer: {aligner: uot, weight: 100}}}\n")
+    path = tmp_path / "e.yaml"
+    path.write_text(spec_text)
+    spec = load_experiment(path)
+    assert [s for _, s, _, _ in run_configs(spec)] == ["ctc"]
+    assert [s for _, s, _, _ in run_configs(spec, attempts=True)] == ["ctc", "uot_w100"]
+    run_experiment(path, dry_run=True)
+    assert "1 runs in the grid (+0 attempts), 1 to do" in capsys.readouterr().out
+    run_experiment(path, dry_run=True, only="uot_w100")
+    out = capsys.readouterr().out
+    assert "todo: b/uot_w100/seed0" in out and "todo: b/ctc" not in out
+    with pytest.raises(ValueError, match="unknown system"):
+        run_experiment(path, dry_run=True, only="uot_w1000")
+    path.write_text(spec_text.replace("uot_w100:", "ctc:"))
+    with pytest.raises(ValueError, match="both as systems and as attempts"):
+        run_configs(load_experiment(path), attempts=True)

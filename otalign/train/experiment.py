@@ -81,6 +81,30 @@ def result_path(spec: dict[str, Any], bench: str, system: str, seed: int) -> Pat
     return Path(spec.get("results_dir", "results")) / bench / f"{system}__seed{seed}.json"
 
 
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_drift(stored: dict[str, Any], current: TrainConfig) -> list[str]:
+    """Dotted keys where a finished run's stored config differs from what the YAML now says.
+
+    A result is reused on the strength of its file name, so an edited YAML could silently pair a
+    name with other settings. Ignored: ``exp_dir``, keys the stored config lacks (schema fields
+    added later, at their defaults) and, for plain CTC, the teacher and transfer settings it never used.
+    """
+    old, new = _flatten(stored), _flatten(to_dict(current))
+    ignore = {"exp_dir"}
+    if current.transfer.aligner == "none" and old.get("transfer.aligner") == "none":
+        ignore |= {k for k in new if k.startswith(("teacher.", "transfer."))}
+    return sorted(k for k in new if k in old and k not in ignore and old[k] != new[k])
+
+
 # ----------------------------------------------------------------------------- stage 1: data
 def prepare_data(spec: dict[str, Any]) -> None:
     prepare = spec.get("prepare", {}) or {}
@@ -180,6 +204,13 @@ def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bo
                    and (wanted_benchmarks is None or b in wanted_benchmarks)]
         grid_size = sum(1 for r in runs if r[1] in spec["systems"])
         print(f"[experiment] {grid_size} runs in the grid (+{len(runs) - grid_size} attempts), {len(pending)} to do")
+        for bench, system, seed, config in runs:
+            path = result_path(spec, bench, system, seed)
+            if path.exists():
+                drift = config_drift(json.loads(path.read_text()).get("config", {}), config)
+                if drift:
+                    print(f"[experiment] WARNING: {path} was run with other settings than {config_path} now "
+                          f"gives '{system}' ({', '.join(drift)}); delete it to rerun")
         for bench, system, seed, _ in pending if dry_run else []:
             print(f"  todo: {bench}/{system}/seed{seed}")
         if dry_run:

@@ -81,3 +81,24 @@ def test_attempts_run_only_when_named_and_never_clash_with_systems(tmp_path, cap
     path.write_text(spec_text.replace("uot_w100:", "ctc:"))
     with pytest.raises(ValueError, match="both as systems and as attempts"):
         run_configs(load_experiment(path), attempts=True)
+
+
+def test_config_drift_names_the_settings_a_finished_run_did_not_use():
+    from otalign.train.config import to_dict
+    from otalign.train.experiment import config_drift
+
+    spec = load_experiment(ROOT / "conf/experiment.yaml")
+    configs = {(b, s, k): c for b, s, k, c in run_configs(spec)}
+    uot = configs[("synthetic", "uot_rho0.3", 0)]
+    stored = to_dict(uot)
+    assert config_drift(stored, uot) == []
+    stored["transfer"]["weight"] = 0.3
+    stored["exp_dir"] = "elsewhere"
+    del stored["teacher"]["layer"]  # a key missing from an older result is not drift
+    assert config_drift(stored, uot) == ["transfer.weight"]
+    ctc = configs[("synthetic", "ctc", 0)]
+    stored = to_dict(ctc)
+    stored["transfer"]["weight"] = 0.3  # plain CTC never used lambda
+    assert config_drift(stored, ctc) == []
+    stored["optim"]["epochs"] = 5
+    assert config_drift(stored, ctc) == ["optim.epochs"]

@@ -66,8 +66,11 @@ class TeacherConfig:
 class TransferConfig:
     aligner: str = "uot"
     """none | ot | tot | uot | partial | attention | cif."""
-    weight: float = 0.3
-    """lambda in L = L_CTC + lambda * L_KT."""
+    weight: float = 100.0
+    """lambda in L = L_CTC + lambda * L_KT. L_CTC is summed over an utterance (tens to hundreds of
+    nats) and L_KT is a mean cosine distance (at most 2), so lambda must be large for the transfer
+    to reach the encoder: at 0.3 its encoder gradient was 2e-4 of CTC's, at 100 about 5%
+    (`python -m bench.grad_balance`; docs/results.md)."""
     weight_warmup_epochs: float = 0.0
     """lambda ramps linearly from 0 over this many epochs (0 = constant)."""
     loss: str = "cosine"

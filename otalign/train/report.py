@@ -79,6 +79,35 @@ def benchmark_table(systems: dict[str, list[dict[str, Any]]], order: list[str]) 
     return lines
 
 
+def paired_table(systems: dict[str, list[dict[str, Any]]], order: list[str]) -> list[str]:
+    """CER change against plain CTC *of the same seed*, in CER points: mean ± std over the seeds both have.
+
+    A seed fixes the ASR model's initialisation and the batch order for every system (the transfer
+    module is built after the ASR model), so the pairing removes the part of the seed-to-seed spread
+    that the systems share.
+    """
+    test_names = sorted({name for runs in systems.values() for r in runs for name in r["test"]})
+    ctc = {r["seed"]: r for r in systems.get("ctc", [])}
+    lines = ["| system | paired seeds | " + " | ".join(f"{name} ΔCER (points)" for name in test_names) + " |",
+             "|" + "---|" * (len(test_names) + 2)]
+    for system in [s for s in order if s in systems and s != "ctc"]:
+        pairs = [(r, ctc[r["seed"]]) for r in systems[system] if r["seed"] in ctc]
+        if not pairs:
+            continue
+        cells = []
+        for name in test_names:
+            diffs = [r["test"][name]["cer"] - c["test"][name]["cer"] for r, c in pairs
+                     if name in r["test"] and name in c["test"]]
+            if not diffs:
+                cells.append("–")
+            elif len(diffs) == 1:
+                cells.append(f"{100 * diffs[0]:+.2f}")
+            else:
+                cells.append(f"{100 * statistics.mean(diffs):+.2f} ± {100 * statistics.stdev(diffs):.2f}")
+        lines.append(f"| {system} | {','.join(str(r['seed']) for r, _ in pairs)} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
 def rho_families(systems: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """uot runs grouped by everything but rho: ``uot_rho0.3_layer0_w100`` -> family ``uot_rho*_layer0_w100``.
 
@@ -155,6 +184,10 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
             lines += ["No finished run yet.", ""]
             continue
         lines += benchmark_table(systems, order) + [""]
+        paired = paired_table(systems, order + list(spec.get("attempts") or {}))
+        if paired:
+            lines += ["CER change against plain CTC of the same seed (same initialisation and batch order), "
+                      "in CER points, mean ± std over the paired seeds; negative is better:", ""] + paired + [""]
         attempts = [name for name in spec.get("attempts") or {} if name in systems]
         if attempts:
             lines += [f"Attempts on `{bench}` (not part of the grid; settings in `conf/experiment.yaml`, "

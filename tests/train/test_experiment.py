@@ -102,3 +102,15 @@ def test_config_drift_names_the_settings_a_finished_run_did_not_use():
     assert config_drift(stored, ctc) == []
     stored["optim"]["epochs"] = 5
     assert config_drift(stored, ctc) == ["optim.epochs"]
+
+
+def test_paired_table_compares_each_seed_with_its_own_ctc_run():
+    from otalign.train.report import paired_table
+
+    def run(system, seed, cer):
+        return {"system": system, "seed": seed, "test": {"t": {"cer": cer, "wer": 0.5}}, "alignment": {}}
+
+    systems = {"ctc": [run("ctc", 0, 0.30), run("ctc", 1, 0.20)],
+               "uot": [run("uot", 0, 0.28), run("uot", 1, 0.19), run("uot", 2, 0.10)]}  # seed 2 has no ctc pair
+    lines = paired_table(systems, ["ctc", "uot"])
+    assert lines[-1] == "| uot | 0,1 | -1.50 ± 0.71 |"

@@ -79,18 +79,18 @@ def benchmark_table(systems: dict[str, list[dict[str, Any]]], order: list[str]) 
     return lines
 
 
-def paired_table(systems: dict[str, list[dict[str, Any]]], order: list[str]) -> list[str]:
-    """CER change against plain CTC *of the same seed*, in CER points: mean ± std over the seeds both have.
+def paired_table(systems: dict[str, list[dict[str, Any]]], order: list[str], baseline: str = "ctc") -> list[str]:
+    """CER change against ``baseline`` *of the same seed*, in CER points: mean ± std over the seeds both have.
 
     A seed fixes the ASR model's initialisation and the batch order for every system (the transfer
     module is built after the ASR model), so the pairing removes the part of the seed-to-seed spread
     that the systems share.
     """
     test_names = sorted({name for runs in systems.values() for r in runs for name in r["test"]})
-    ctc = {r["seed"]: r for r in systems.get("ctc", [])}
+    ctc = {r["seed"]: r for r in systems.get(baseline, [])}
     lines = ["| system | paired seeds | " + " | ".join(f"{name} ΔCER (points)" for name in test_names) + " |",
              "|" + "---|" * (len(test_names) + 2)]
-    for system in [s for s in order if s in systems and s != "ctc"]:
+    for system in [s for s in order if s in systems and s != baseline]:
         pairs = [(r, ctc[r["seed"]]) for r in systems[system] if r["seed"] in ctc]
         if not pairs:
             continue
@@ -188,6 +188,11 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
         if paired:
             lines += ["CER change against plain CTC of the same seed (same initialisation and batch order), "
                       "in CER points, mean ± std over the paired seeds; negative is better:", ""] + paired + [""]
+        # the paper's second claim: uot beats balanced ot
+        paired_ot = paired_table(systems, [s for s in order if s.startswith("uot")], baseline="ot")
+        if "ot" in systems and paired_ot:
+            lines += ["The same, against balanced `ot` of the same seed (the paper's claim that UOT beats OT):", ""]
+            lines += paired_ot + [""]
         attempts = [name for name in spec.get("attempts") or {} if name in systems]
         if attempts:
             lines += [f"Attempts on `{bench}` (not part of the grid; settings in `conf/experiment.yaml`, "

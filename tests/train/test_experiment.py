@@ -114,3 +114,4 @@ def test_paired_table_compares_each_seed_with_its_own_ctc_run():
                "uot": [run("uot", 0, 0.28), run("uot", 1, 0.19), run("uot", 2, 0.10)]}  # seed 2 has no ctc pair
     lines = paired_table(systems, ["ctc", "uot"])
     assert lines[-1] == "| uot | 0,1 | -1.50 ± 0.71 |"
+    assert paired_table(systems, ["ctc", "uot"], baseline="uot")[-1] == "| ctc | 0,1 | +1.50 ± 0.71 |"

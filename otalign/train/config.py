@@ -71,6 +71,9 @@ class TransferConfig:
     nats) and L_KT is a mean cosine distance (at most 2), so lambda must be large for the transfer
     to reach the encoder: at 0.3 its encoder gradient was 2e-4 of CTC's, at 100 about 5%
     (`python -m bench.grad_balance`; docs/results.md)."""
+    quantity_weight: float = 1.0
+    """Weight of CIF's quantity loss inside the transfer term: its effective weight is
+    lambda * quantity_weight, so a large lambda needs a small quantity_weight."""
     weight_warmup_epochs: float = 0.0
     """lambda ramps linearly from 0 over this many epochs (0 = constant)."""
     loss: str = "cosine"
@@ -197,6 +200,8 @@ def validate(config: TrainConfig) -> None:
     aligners = {"none", "ot", "tot", "uot", "partial", "attention", "cif"}
     if config.transfer.aligner not in aligners:
         raise ValueError(f"transfer.aligner must be one of {sorted(aligners)}, got '{config.transfer.aligner}'")
+    if config.transfer.quantity_weight < 0:
+        raise ValueError(f"transfer.quantity_weight must be >= 0, got {config.transfer.quantity_weight}")
     if config.transfer.loss not in {"cosine", "mse"}:
         raise ValueError(f"transfer.loss must be 'cosine' or 'mse', got '{config.transfer.loss}'")
     if config.transfer.grad not in {"unrolled", "last_step"}:

@@ -43,3 +43,13 @@ def test_every_shipped_recipe_loads():
         if recipe.name.startswith("experiment"):
             continue
         load_config(recipe)
+
+
+def test_quantity_weight_reaches_the_cif_aligner_and_rejects_negatives():
+    from otalign.train.trainer import build_trainable
+
+    config = load_config(None, ["transfer.aligner=cif", "transfer.quantity_weight=0.01", "model.preset=tiny"])
+    trainable = build_trainable(config, vocab_size=30, plm_width=16)
+    assert trainable.transfer.aux_weights["quantity"] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="quantity_weight"):
+        load_config(None, ["transfer.quantity_weight=-1"])

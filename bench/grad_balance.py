@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     config = matches[0]
     if config.transfer.aligner == "none":
         parser.error(f"system {args.system} has no transfer loss (aligner 'none')")
-    weight = config.transfer.weight if args.weight is None else args.weight
+    if args.weight is not None:
+        config.transfer.weight = args.weight  # the probes and the training steps use the same lambda
+    weight = config.transfer.weight
     torch.manual_seed(config.seed)
 
     info = DistInfo()

@@ -51,6 +51,7 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     unknown = set(spec) - known
     if unknown:
         raise ValueError(f"{path}: unknown experiment key(s) {sorted(unknown)} (known: {sorted(known)})")
+    spec["attempts"] = spec.get("attempts") or {}
     for key in ("systems", "benchmarks", "seeds"):
         if not spec.get(key):
             raise ValueError(f"{path}: '{key}' is empty or missing")
@@ -61,8 +62,8 @@ def run_configs(spec: dict[str, Any], attempts: bool = False) -> list[tuple[str,
     """Every (benchmark, system, seed, config) of the grid (plus the attempts if asked), validated up front."""
     runs = []
     exp_root = Path(spec.get("exp_root", "exp/experiment"))
-    systems = {**spec["systems"], **(spec.get("attempts") or {})} if attempts else spec["systems"]
-    clash = set(spec["systems"]) & set(spec.get("attempts") or {})
+    systems = {**spec["systems"], **spec["attempts"]} if attempts else spec["systems"]
+    clash = set(spec["systems"]) & set(spec["attempts"])
     if clash:
         raise ValueError(f"names used both as systems and as attempts: {sorted(clash)}")
     for bench_name, bench in spec["benchmarks"].items():
@@ -189,7 +190,7 @@ def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bo
     """
     spec = load_experiment(config_path)
     wanted = set(only.split(",")) if only else None
-    known = set(spec["systems"]) | set(spec.get("attempts") or {})
+    known = set(spec["systems"]) | set(spec["attempts"])
     if wanted and wanted - known:
         raise ValueError(f"--only: unknown system(s) {sorted(wanted - known)} in {config_path}")
     # attempts run only when --only names them; the grid count covers the systems alone

@@ -87,17 +87,17 @@ def paired_table(systems: dict[str, list[dict[str, Any]]], order: list[str], bas
     that the systems share.
     """
     test_names = sorted({name for runs in systems.values() for r in runs for name in r["test"]})
-    ctc = {r["seed"]: r for r in systems.get(baseline, [])}
+    base_runs = {r["seed"]: r for r in systems.get(baseline, [])}
     lines = ["| system | paired seeds | " + " | ".join(f"{name} ΔCER (points)" for name in test_names) + " |",
              "|" + "---|" * (len(test_names) + 2)]
     for system in [s for s in order if s in systems and s != baseline]:
-        pairs = [(r, ctc[r["seed"]]) for r in systems[system] if r["seed"] in ctc]
+        pairs = [(r, base_runs[r["seed"]]) for r in systems[system] if r["seed"] in base_runs]
         if not pairs:
             continue
         cells = []
         for name in test_names:
-            diffs = [r["test"][name]["cer"] - c["test"][name]["cer"] for r, c in pairs
-                     if name in r["test"] and name in c["test"]]
+            diffs = [r["test"][name]["cer"] - b["test"][name]["cer"] for r, b in pairs
+                     if name in r["test"] and name in b["test"]]
             if not diffs:
                 cells.append("–")
             elif len(diffs) == 1:
@@ -184,21 +184,21 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
             lines += ["No finished run yet.", ""]
             continue
         lines += benchmark_table(systems, order) + [""]
-        paired = paired_table(systems, order + list(spec.get("attempts") or {}))
+        paired = paired_table(systems, order + list(spec["attempts"]))
         if paired:
             lines += ["CER change against plain CTC of the same seed (same initialisation and batch order), "
                       "in CER points, mean ± std over the paired seeds; negative is better:", ""] + paired + [""]
         # the paper's second claim: uot beats balanced ot
         paired_ot = paired_table(systems, [s for s in order if s.startswith("uot")], baseline="ot")
-        if "ot" in systems and paired_ot:
+        if paired_ot:
             lines += ["The same, against balanced `ot` of the same seed (the paper's claim that UOT beats OT):", ""]
             lines += paired_ot + [""]
-        attempts = [name for name in spec.get("attempts") or {} if name in systems]
+        attempts = [name for name in spec["attempts"] if name in systems]
         if attempts:
             lines += [f"Attempts on `{bench}` (not part of the grid; settings in `conf/experiment.yaml`, "
                       "'rel. CER vs ctc' against the same ctc mean):", ""]
             lines += benchmark_table(systems, ["ctc"] + attempts) + [""]
-        unknown = sorted(set(systems) - set(spec["systems"]) - set(spec.get("attempts") or {}))
+        unknown = sorted(set(systems) - set(spec["systems"]) - set(spec["attempts"]))
         if unknown:
             lines += [f"Results under `{results_dir / bench}` for names this config does not define (not shown): "
                       + ", ".join(f"`{name}`" for name in unknown), ""]

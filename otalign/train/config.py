@@ -78,6 +78,8 @@ class TransferConfig:
     """lambda ramps linearly from 0 over this many epochs (0 = constant)."""
     loss: str = "cosine"
     """Transfer loss: 'cosine' (1 - cos) or 'mse'."""
+    adapter_hidden: int | None = None
+    """Hidden width of a 2-layer MLP adapter from encoder to PLM width; None = a linear adapter."""
     eps: float = 0.1
     """Entropic regularisation of the OT aligners (cost is 1 - cos, in [0, 2])."""
     rho_frames: float = 1.0
@@ -202,6 +204,9 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"transfer.aligner must be one of {sorted(aligners)}, got '{config.transfer.aligner}'")
     if config.transfer.quantity_weight < 0:
         raise ValueError(f"transfer.quantity_weight must be >= 0, got {config.transfer.quantity_weight}")
+    hidden = config.transfer.adapter_hidden
+    if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1):
+        raise ValueError(f"transfer.adapter_hidden must be >= 1 or null, got {config.transfer.adapter_hidden}")
     if config.transfer.loss not in {"cosine", "mse"}:
         raise ValueError(f"transfer.loss must be 'cosine' or 'mse', got '{config.transfer.loss}'")
     if config.transfer.grad not in {"unrolled", "last_step"}:

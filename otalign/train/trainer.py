@@ -116,7 +116,7 @@ def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None)
         transfer = KnowledgeTransfer(t.aligner, asr.d_model, plm_width, loss=t.loss, eps=t.eps,
                                      rho_frames=t.rho_frames, partial_mass=t.partial_mass,
                                      order_weight=t.order_weight, n_iter=t.n_iter, grad=t.grad,
-                                     aux_weights={"quantity": t.quantity_weight})
+                                     adapter_hidden=t.adapter_hidden, aux_weights={"quantity": t.quantity_weight})
     return Trainable(asr, transfer)
 
 

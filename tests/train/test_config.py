@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from otalign.train.config import load_config
 
@@ -53,3 +54,18 @@ def test_quantity_weight_reaches_the_cif_aligner_and_rejects_negatives():
     assert trainable.transfer.aux_weights["quantity"] == pytest.approx(0.01)
     with pytest.raises(ValueError, match="quantity_weight"):
         load_config(None, ["transfer.quantity_weight=-1"])
+
+
+def test_adapter_hidden_builds_an_mlp_adapter_and_rejects_zero():
+    from otalign.train.trainer import build_trainable
+
+    linear = build_trainable(load_config(None, ["transfer.aligner=uot", "model.preset=tiny"]), 30, 16)
+    mlp = build_trainable(load_config(None, ["transfer.aligner=uot", "transfer.adapter_hidden=64",
+                                             "model.preset=tiny"]), 30, 16)
+    hidden_widths = [m.out_features for m in mlp.transfer.adapter.proj if isinstance(m, torch.nn.Linear)]
+    assert hidden_widths == [64, 16]
+    assert sum(isinstance(m, torch.nn.Linear) for m in linear.transfer.adapter.proj) == 1
+    with pytest.raises(ValueError, match="adapter_hidden"):
+        load_config(None, ["transfer.adapter_hidden=0"])
+    with pytest.raises(ValueError, match="adapter_hidden"):
+        load_config(None, ["transfer.adapter_hidden=wide"])

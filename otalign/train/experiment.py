@@ -133,6 +133,7 @@ def run_one(spec: dict[str, Any], bench: str, system: str, seed: int, config: Tr
     from otalign.train.trainer import git_hash, run
 
     started = time.time()
+    code_version = git_hash()  # at the start: the tree may change while a long run trains
     final = run(config, resume=True)
     exp_dir = Path(config.exp_dir)
     sidecars = read_sidecars(exp_dir)
@@ -152,7 +153,7 @@ def run_one(spec: dict[str, Any], bench: str, system: str, seed: int, config: Tr
                                                            "micro_mass_on_nonspeech", "micro_boundary_error_ms",
                                                            "num_without_word_spans")}
     result = {
-        "benchmark": bench, "system": system, "seed": seed, "git_hash": git_hash(),
+        "benchmark": bench, "system": system, "seed": seed, "git_hash": code_version,
         "aligner": config.transfer.aligner, "rho_frames": config.transfer.rho_frames,
         "dev_cer": sidecars[-1]["dev_cer"] if sidecars else math.nan,
         "best_dev_cer": min((m["dev_cer"] for m in sidecars), default=math.nan),

@@ -165,6 +165,18 @@ def plot_rho(systems: dict[str, list[dict[str, Any]]], out_png: Path, title: str
     return True
 
 
+def cost_line(systems: dict[str, list[dict[str, Any]]], grid: list[str], total_runs: int) -> str:
+    """Wall-clock of the finished grid runs and what the whole grid would take at their median."""
+    walls = sorted(r["wall_s"] / 60 for name in grid for r in systems.get(name, []) if r.get("wall_s"))
+    if not walls:
+        return ""
+    median = statistics.median(walls)
+    return (f"Wall-clock per grid run (training, decoding and alignment scoring): median {median:.1f} min, "
+            f"range {walls[0]:.1f}-{walls[-1]:.1f} min over {len(walls)} runs. At the median, all {total_runs} "
+            f"runs of this benchmark take {median * total_runs / 60:.1f} h one at a time, "
+            f"{median * total_runs / 120:.1f} h two side by side.")
+
+
 def write_report(spec: dict[str, Any], out_md: Path) -> None:
     results_dir = Path(spec.get("results_dir", "results"))
     grouped = load_results(results_dir, list(spec["benchmarks"]))
@@ -184,6 +196,9 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
             lines += ["No finished run yet.", ""]
             continue
         lines += benchmark_table(systems, order) + [""]
+        cost = cost_line(systems, order, total)
+        if cost:
+            lines += [cost, ""]
         paired = paired_table(systems, order + list(spec["attempts"]))
         if paired:
             lines += ["CER change against plain CTC of the same seed (same initialisation and batch order), "

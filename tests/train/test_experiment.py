@@ -115,3 +115,14 @@ def test_paired_table_compares_each_seed_with_its_own_ctc_run():
     lines = paired_table(systems, ["ctc", "uot"])
     assert lines[-1] == "| uot | 0,1 | -1.50 ± 0.71 |"
     assert paired_table(systems, ["ctc", "uot"], baseline="uot")[-1] == "| ctc | 0,1 | +1.50 ± 0.71 |"
+
+
+def test_cost_line_projects_the_grid_from_the_median_finished_run():
+    from otalign.train.report import cost_line
+
+    systems = {"ctc": [{"wall_s": 600}, {"wall_s": 1200}], "uot": [{"wall_s": 720}],
+               "attempt": [{"wall_s": 6000}]}  # not a grid system: left out
+    line = cost_line(systems, ["ctc", "uot"], total_runs=10)
+    assert "median 12.0 min" in line and "range 10.0-20.0 min over 3 runs" in line
+    assert "2.0 h one at a time" in line and "1.0 h two side by side" in line
+    assert cost_line({}, ["ctc"], 10) == ""

@@ -206,7 +206,7 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"transfer.quantity_weight must be >= 0, got {config.transfer.quantity_weight}")
     hidden = config.transfer.adapter_hidden
     if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1):
-        raise ValueError(f"transfer.adapter_hidden must be >= 1 or null, got {config.transfer.adapter_hidden}")
+        raise ValueError(f"transfer.adapter_hidden must be >= 1 or null, got {hidden!r}")
     if config.transfer.loss not in {"cosine", "mse"}:
         raise ValueError(f"transfer.loss must be 'cosine' or 'mse', got '{config.transfer.loss}'")
     if config.transfer.grad not in {"unrolled", "last_step"}:

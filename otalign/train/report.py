@@ -204,7 +204,8 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
             lines += ["CER change against plain CTC of the same seed (same initialisation and batch order), "
                       "in CER points, mean ± std over the paired seeds; negative is better:", ""] + paired + [""]
         # the paper's second claim: uot beats balanced ot
-        paired_ot = paired_table(systems, [s for s in order if s.startswith("uot")], baseline="ot")
+        uot_systems = [s for s in order if any(r.get("aligner") == "uot" for r in systems.get(s, []))]
+        paired_ot = paired_table(systems, uot_systems, baseline="ot")
         if paired_ot:
             lines += ["The same, against balanced `ot` of the same seed (the paper's claim that UOT beats OT):", ""]
             lines += paired_ot + [""]

@@ -40,12 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from otalign.data.features import GlobalCMVN
-    from otalign.text.cache import TeacherCache
-    from otalign.text.teacher import PLMTeacher
     from otalign.text.tokenizer import CharTokenizer
     from otalign.train.experiment import load_experiment, run_configs
-    from otalign.train.trainer import (DistInfo, build_trainable, compute_cmvn, compute_loss, kt_weight, load_manifests,
-                                       lr_lambda, make_loader)
+    from otalign.train.trainer import (DistInfo, build_teacher, build_trainable, compute_cmvn, compute_loss,
+                                       kt_weight, load_manifests, lr_lambda, make_loader)
 
     spec = load_experiment(args.config)
     matches = [c for b, s, seed, c in run_configs(spec) if (b, s, seed) == (args.benchmark, args.system, spec["seeds"][0])]
@@ -64,9 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     cmvn_path = Path(config.exp_dir) / "cmvn.json"
     cmvn = GlobalCMVN.load(cmvn_path) if cmvn_path.exists() else compute_cmvn(train_utts, config)
     tokenizer = CharTokenizer()
-    plm = PLMTeacher(config.teacher.model_dir, layer=config.teacher.layer)
-    teacher = TeacherCache(config.teacher.cache_dir, plm)
-    trainable = build_trainable(config, tokenizer.vocab_size, plm.width)
+    teacher = build_teacher(config)
+    trainable = build_trainable(config, tokenizer.vocab_size, teacher.teacher.width)
     encoder_params = [p for p in trainable.asr.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))

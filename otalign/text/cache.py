@@ -20,7 +20,7 @@ from typing import Iterable
 
 import torch
 
-from otalign.text.teacher import PLMTeacher, TeacherOutput
+from otalign.text.teacher import PLMTeacher, TeacherOutput, center_per_utterance
 
 
 class TeacherCache:
@@ -31,6 +31,8 @@ class TeacherCache:
         teacher: the PLM used to fill missing entries. ``None`` = read-only mode, in which case
             ``name`` and ``layer`` must be given and a missing entry raises ``ValueError``.
         name, layer, keep_special: key components, taken from ``teacher`` when it is given.
+        center: ``get`` returns states centred per utterance (:func:`center_per_utterance`).
+            The files keep the raw states, so centred and raw runs share one cache.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class TeacherCache:
         name: str | None = None,
         layer: int | None = None,
         keep_special: bool = False,
+        center: bool = False,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -50,6 +53,7 @@ class TeacherCache:
             if name is None or layer is None:
                 raise ValueError("TeacherCache without a teacher needs name= and layer=")
             self.name, self.layer, self.keep_special = name, int(layer), keep_special
+        self.center = center
         self.hits = 0
         self.misses = 0
 
@@ -125,7 +129,10 @@ class TeacherCache:
         self.misses += len(missing)
         if missing:
             found.update(self._compute(missing, batch_size))
-        return collate_entries([found[t] for t in texts])
+        out = collate_entries([found[t] for t in texts])
+        if self.center:
+            out.states = center_per_utterance(out.states, out.mask)
+        return out
 
     def precompute(self, texts: Iterable[str], batch_size: int = 32, progress: bool = True) -> int:
         """Fill the cache for every text not yet in it; returns how many were computed."""

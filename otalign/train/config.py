@@ -60,6 +60,9 @@ class TeacherConfig:
     """Hidden-state layer used as the target (-1 = last, 0 = embeddings)."""
     cache_dir: str = "exp/cache/plm"
     """Token states are cached here, keyed by model, layer and text, so training never reruns the PLM."""
+    center: bool = False
+    """Subtract each utterance's mean token state from its targets (removes the sentence component
+    that a sentence-embedding PLM's contextual layers share)."""
 
 
 @dataclass

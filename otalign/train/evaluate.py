@@ -15,11 +15,10 @@ from otalign.align.metrics import aggregate_metrics, utterance_metrics
 from otalign.data.dataset import SpeechDataset, collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import Utterance
-from otalign.text.cache import TeacherCache
 from otalign.text.teacher import PLMTeacher
 from otalign.text.tokenizer import tokenizer_from_dict
 from otalign.train.config import TrainConfig, _from_dict
-from otalign.train.trainer import Trainable, build_trainable
+from otalign.train.trainer import Trainable, build_teacher, build_trainable
 
 
 def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, GlobalCMVN | None]:
@@ -69,7 +68,7 @@ def alignment_metrics(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMV
     scored = [u for u in utterances if u.words]
     if not scored:
         raise ValueError("alignment metrics need utterances with ground-truth word spans (manifest 'words')")
-    teacher = TeacherCache(config.teacher.cache_dir, PLMTeacher(config.teacher.model_dir, layer=config.teacher.layer))
+    teacher = build_teacher(config)
     dataset = SpeechDataset(scored, cache_dir=config.data.feature_cache_dir, cmvn=cmvn)
     per_utterance = []
     for start in range(0, len(scored), batch_size):

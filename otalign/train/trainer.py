@@ -106,6 +106,12 @@ class Trainable(nn.Module):
         return {"ctc": ctc, "kt": kt, "aux": aux, "ctc_invalid": (~ctc_valid).sum()}
 
 
+def build_teacher(config: TrainConfig) -> TeacherCache:
+    """The PLM teacher behind its cache, as ``config.teacher`` describes it."""
+    plm = PLMTeacher(config.teacher.model_dir, layer=config.teacher.layer)
+    return TeacherCache(config.teacher.cache_dir, plm, center=config.teacher.center)
+
+
 def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None) -> Trainable:
     asr = CTCModel(vocab_size, preset=config.model.preset, dropout=config.model.dropout, **config.model.overrides)
     transfer = None
@@ -310,9 +316,8 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
     teacher = None
     plm_width = None
     if config.transfer.aligner != "none":
-        plm = PLMTeacher(config.teacher.model_dir, layer=config.teacher.layer)
-        teacher = TeacherCache(config.teacher.cache_dir, plm)
-        plm_width = plm.width
+        teacher = build_teacher(config)
+        plm_width = teacher.teacher.width
         if info.is_main:
             teacher.precompute([u.text for u in train_utts], progress=True)
         barrier(info)

@@ -65,3 +65,27 @@ def test_empty_text_is_cached_with_zero_tokens(teacher, tmp_path):
     out = cache.get(["", "word"])
     again = cache.get([""])
     assert out.mask.sum(1).tolist() == [0, 1] and again.mask.sum() == 0
+
+
+def test_center_per_utterance_removes_each_mean_and_keeps_padding_zero():
+    from otalign.text.teacher import center_per_utterance
+
+    states = torch.tensor([[[1.0, 2.0], [3.0, 6.0], [0.0, 0.0]],     # 2 valid tokens, mean (2, 4)
+                           [[5.0, -1.0], [0.0, 0.0], [0.0, 0.0]]])   # 1 valid token
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    out = center_per_utterance(states, mask)
+    assert torch.equal(out[0], torch.tensor([[-1.0, -2.0], [1.0, 2.0], [0.0, 0.0]]))
+    assert torch.equal(out[1], torch.zeros(3, 2))  # one token: nothing to tell apart
+    assert torch.equal(center_per_utterance(states, torch.zeros_like(mask)), torch.zeros_like(states))
+
+
+def test_centred_cache_serves_centred_states_from_the_same_files(teacher, tmp_path):
+    raw = TeacherCache(tmp_path, teacher).get(["a sentence of several words", "two words"])
+    centred_cache = TeacherCache(tmp_path, teacher, center=True)
+    centred = centred_cache.get(["a sentence of several words", "two words"])
+    assert centred_cache.misses == 0  # the raw files were reused
+    for b in range(2):
+        n = int(raw.mask[b].sum())
+        assert torch.allclose(centred.states[b, :n], raw.states[b, :n] - raw.states[b, :n].mean(dim=0), atol=1e-6)
+        assert torch.allclose(centred.states[b, :n].mean(dim=0), torch.zeros(raw.states.shape[-1]), atol=1e-5)
+        assert torch.all(centred.states[b, n:] == 0)

@@ -69,3 +69,13 @@ def test_adapter_hidden_builds_an_mlp_adapter_and_rejects_zero():
         load_config(None, ["transfer.adapter_hidden=0"])
     with pytest.raises(ValueError, match="adapter_hidden"):
         load_config(None, ["transfer.adapter_hidden=wide"])
+
+
+def test_teacher_center_reaches_the_cache_and_must_be_a_bool(tmp_path):
+    from otalign.train.trainer import build_teacher
+
+    config = load_config(None, ["teacher.center=true", "transfer.aligner=uot", f"teacher.cache_dir={tmp_path}"])
+    assert config.teacher.center is True
+    assert build_teacher(config).center is True
+    with pytest.raises(ValueError, match="teacher.center"):
+        load_config(None, ["teacher.center=maybe"])

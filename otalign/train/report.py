@@ -171,7 +171,10 @@ def rho_families(systems: dict[str, list[dict[str, Any]]]) -> dict[str, list[dic
 
 
 def plot_rho(systems: dict[str, list[dict[str, Any]]], out_png: Path, title: str) -> bool:
-    """CER and alignment precision/recall against rho, one curve per uot family; False if none has 2 rhos."""
+    """CER (mean ± seed std) and alignment precision/recall against rho, one curve per uot family.
+
+    Returns False, and draws nothing, if no family has two rho values.
+    """
     families = rho_families(systems)
     if not families:
         return False
@@ -188,21 +191,32 @@ def plot_rho(systems: dict[str, list[dict[str, Any]]], out_png: Path, title: str
             ax_cer.annotate(f"plain CTC, {name}", (1, 100 * base), xycoords=("axes fraction", "data"),
                             ha="right", va="bottom", fontsize=7, color="grey")
     first = next((n for n in test_names if "noisy" in n), test_names[0] if test_names else None)
+    scored = False
     for family, runs in families.items():
         rhos = sorted({_rho(r) for r in runs})
         for name in test_names:
-            means = [_mean([r["test"][name]["cer"] for r in runs if _rho(r) == rho and name in r["test"]])
-                     for rho in rhos]
-            ax_cer.plot(rhos, [100 * m for m in means], marker="o", label=f"{family}, {name}")
+            per_rho = [[r["test"][name]["cer"] for r in runs if _rho(r) == rho and name in r["test"]] for rho in rhos]
+            # the error bar is the seed-to-seed std, the spread any effect of rho must beat
+            ax_cer.errorbar(rhos, [100 * _mean(c) for c in per_rho],
+                            yerr=[100 * statistics.stdev(c) if len(c) > 1 else 0.0 for c in per_rho],
+                            marker="o", capsize=3, label=f"{family}, {name}")
         for key, label in (("micro_precision", "P"), ("micro_token_recall", "R"),
                            ("micro_mass_on_nonspeech", "mass on sil/noise")):
-            ax_pr.plot(rhos, [_mean([r["alignment"].get(first, {}).get(key, math.nan) for r in runs
-                                     if _rho(r) == rho]) for rho in rhos], marker="o", label=f"{family}: {label}")
+            values = [_mean([r["alignment"].get(first, {}).get(key, math.nan) for r in runs if _rho(r) == rho])
+                      for rho in rhos]
+            if any(not math.isnan(v) for v in values):
+                scored = True
+                ax_pr.plot(rhos, values, marker="o", label=f"{family}: {label}")
     ax_cer.set_xlabel("rho_frames (degree of matching)")
     ax_cer.set_ylabel("CER %")
     ax_pr.set_xlabel("rho_frames")
     ax_pr.set_ylabel(f"alignment on {first}")
-    for ax in (ax_cer, ax_pr):
+    if not scored:
+        ax_pr.text(0.5, 0.5, f"{first} has no ground-truth word timings:\nalignment not scored",
+                   ha="center", va="center", transform=ax_pr.transAxes)
+        ax_pr.set_xticks([])
+        ax_pr.set_yticks([])
+    for ax in (ax_cer, ax_pr) if scored else (ax_cer,):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=6)

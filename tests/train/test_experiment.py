@@ -158,3 +158,20 @@ def test_cost_line_projects_the_grid_from_the_median_finished_run():
     assert "median 12.0 min" in line and "range 10.0-20.0 min over 3 runs" in line
     assert "2.0 h one at a time" in line and "1.0 h two side by side" in line
     assert cost_line({}, ["ctc"], 10) == ""
+
+
+def test_plot_rho_draws_one_file_and_needs_two_rhos(tmp_path):
+    from otalign.train.report import plot_rho
+
+    def run(rho, seed, cer, alignment):
+        return {"system": f"uot_rho{rho}", "seed": seed, "rho_frames": rho, "aligner": "uot",
+                "test": {"t": {"cer": cer, "wer": 0.5}}, "alignment": alignment}
+
+    scored = {"t": {"micro_precision": 0.2, "micro_token_recall": 0.3, "micro_mass_on_nonspeech": 0.4}}
+    systems = {"uot_rho0.1": [run(0.1, 0, 0.30, scored), run(0.1, 1, 0.32, scored)],
+               "uot_rho1": [run(1, 0, 0.28, {})]}  # one seed (no error bar), no word timings
+    assert plot_rho(systems, tmp_path / "a.png", "t") and (tmp_path / "a.png").stat().st_size > 0
+    unscored = {name: [dict(r, alignment={}) for r in runs] for name, runs in systems.items()}
+    assert plot_rho(unscored, tmp_path / "b.png", "t") and (tmp_path / "b.png").exists()
+    assert not plot_rho({"uot_rho0.1": systems["uot_rho0.1"]}, tmp_path / "c.png", "t")
+    assert not (tmp_path / "c.png").exists()

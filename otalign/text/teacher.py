@@ -41,6 +41,15 @@ class TeacherOutput:
     word_index: torch.Tensor
     token_strings: list[list[str]]
 
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(dim=1)
+
+    def to(self, device: str | torch.device) -> "TeacherOutput":
+        return TeacherOutput(
+            self.states.to(device), self.mask.to(device), self.word_index.to(device), self.token_strings
+        )
+
 
 def center_per_utterance(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Subtract each utterance's mean over its valid tokens; padding stays zero.
@@ -53,15 +62,6 @@ def center_per_utterance(states: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     weights = mask.to(states.dtype)[..., None]
     mean = (states * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
     return (states - mean) * weights
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.mask.sum(dim=1)
-
-    def to(self, device: str | torch.device) -> "TeacherOutput":
-        return TeacherOutput(
-            self.states.to(device), self.mask.to(device), self.word_index.to(device), self.token_strings
-        )
 
 
 _NON_SPACE = re.compile(r"\S+")

@@ -89,3 +89,14 @@ def test_centred_cache_serves_centred_states_from_the_same_files(teacher, tmp_pa
         assert torch.allclose(centred.states[b, :n], raw.states[b, :n] - raw.states[b, :n].mean(dim=0), atol=1e-6)
         assert torch.allclose(centred.states[b, :n].mean(dim=0), torch.zeros(raw.states.shape[-1]), atol=1e-5)
         assert torch.all(centred.states[b, n:] == 0)
+
+
+def test_collated_output_keeps_its_lengths_and_device_move():
+    from otalign.text.cache import collate_entries
+
+    entries = [{"states": torch.ones(3, 2), "word_index": torch.arange(3), "token_strings": ["a", "b", "c"]},
+               {"states": torch.ones(1, 2), "word_index": torch.zeros(1, dtype=torch.long), "token_strings": ["d"]}]
+    out = collate_entries(entries)
+    assert out.lengths.tolist() == [3, 1]
+    moved = out.to("cpu")
+    assert torch.equal(moved.states, out.states) and moved.token_strings == out.token_strings

@@ -276,7 +276,8 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
             lines += paired_ot + [""]
         targets = target_table(systems, order)
         if targets:
-            lines += ["The issue's targets, read off the grid (the uot grid system with the lowest mean CER on each test set, i.e. uot 'at its best rho'):", ""]
+            lines += ["The issue's targets, read off the grid (the uot grid system with the lowest mean CER on each "
+                      "test set, i.e. uot 'at its best rho'):", ""]
             lines += targets + [""]
         attempts = [name for name in spec["attempts"] if name in systems]
         if attempts:

@@ -120,6 +120,11 @@ def paired_table(systems: dict[str, list[dict[str, Any]]], order: list[str], bas
     return lines if len(lines) > 2 else []
 
 
+def uot_systems(systems: dict[str, list[dict[str, Any]]], order: list[str]) -> list[str]:
+    """The systems of ``order`` whose runs used the uot aligner (by the recorded aligner, not the name)."""
+    return [s for s in order if any(r.get("aligner") == "uot" for r in systems.get(s, []))]
+
+
 def target_table(systems: dict[str, list[dict[str, Any]]], order: list[str],
                  target_reduction: float = 0.15) -> list[str]:
     """The issue's two targets, per test set, for the ``uot`` system with the lowest mean CER.
@@ -129,8 +134,8 @@ def target_table(systems: dict[str, list[dict[str, Any]]], order: list[str],
        of the same seed is negative and larger in size than the std of ``ot``'s CER over its seeds.
     Rows need at least one uot run and a ctc baseline; the second check needs two or more ot seeds.
     """
-    uot_systems = [s for s in order if any(r.get("aligner") == "uot" for r in systems.get(s, []))]
-    test_names = sorted({name for s in uot_systems for r in systems[s] for name in r["test"]})
+    uots = uot_systems(systems, order)
+    test_names = sorted({name for s in uots for r in systems[s] for name in r["test"]})
     lines = [f"| test set | best uot (mean CER) | CER % | rel. CER vs ctc | ≥{100 * target_reduction:.0f}% reduction? "
              "| ΔCER vs ot, paired (points) | ot's seed std (points) | beats ot beyond the spread? |",
              "|" + "---|" * 8]
@@ -138,7 +143,7 @@ def target_table(systems: dict[str, list[dict[str, Any]]], order: list[str],
         def cers(system: str) -> list[float]:
             return [r["test"][name]["cer"] for r in systems.get(system, []) if name in r["test"]]
         ctc_mean = _mean(cers("ctc"))
-        candidates = [s for s in uot_systems if cers(s)]
+        candidates = [s for s in uots if cers(s)]
         if math.isnan(ctc_mean) or not candidates:
             continue
         best = min(candidates, key=lambda s: _mean(cers(s)))
@@ -148,7 +153,8 @@ def target_table(systems: dict[str, list[dict[str, Any]]], order: list[str],
                  if name in r["test"] and r["seed"] in ot_by_seed]
         if diffs and len(ot_by_seed) >= 2:
             spread = statistics.stdev(ot_by_seed.values())
-            delta, beyond = statistics.mean(diffs), "yes" if statistics.mean(diffs) < -spread else "no"
+            delta = statistics.mean(diffs)
+            beyond = "yes" if delta < -spread else "no"
             delta_cell, spread_cell = f"{100 * delta:+.2f} ({len(diffs)} seeds)", f"{100 * spread:.2f}"
         else:
             delta_cell, spread_cell, beyond = "–", "–", "not measurable (fewer than 2 ot seeds)"
@@ -269,8 +275,7 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
                       "which the system's CER is lower, and the two-sided p of a paired t-test (not corrected for "
                       "the number of rows):", ""] + paired + [""]
         # the paper's second claim: uot beats balanced ot
-        uot_systems = [s for s in order if any(r.get("aligner") == "uot" for r in systems.get(s, []))]
-        paired_ot = paired_table(systems, uot_systems, baseline="ot")
+        paired_ot = paired_table(systems, uot_systems(systems, order), baseline="ot")
         if paired_ot:
             lines += ["The same, against balanced `ot` of the same seed (the paper's claim that UOT beats OT):", ""]
             lines += paired_ot + [""]

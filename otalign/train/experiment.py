@@ -47,7 +47,7 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"experiment config not found: {path}")
     spec = yaml.safe_load(path.read_text()) or {}
     known = {"name", "results_dir", "exp_root", "seeds", "base", "systems", "benchmarks", "prepare",
-             "report", "alignment_utterances", "keep_checkpoints", "attempts"}
+             "report", "alignment_utterances", "keep_checkpoints", "attempts", "budget_hours"}
     unknown = set(spec) - known
     if unknown:
         raise ValueError(f"{path}: unknown experiment key(s) {sorted(unknown)} (known: {sorted(known)})")

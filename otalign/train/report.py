@@ -246,6 +246,29 @@ def cost_line(systems: dict[str, list[dict[str, Any]]], grid: list[str], total_r
             f"{median * total_runs / 120:.1f} h two side by side.")
 
 
+def grid_cost_line(grouped: dict[str, dict[str, list[dict[str, Any]]]], spec: dict[str, Any]) -> str:
+    """The grid's measured run time, summed over both benchmarks, against ``budget_hours`` if given.
+
+    Two runs share the 2-core machine (one thread each), so the wall-clock of the grid is half the
+    summed run time; a sum, not a median, so that slow runs count.
+    """
+    walls = [r["wall_s"] for bench in spec["benchmarks"] for name in spec["systems"]
+             for r in grouped.get(bench, {}).get(name, []) if r.get("wall_s")]
+    if not walls:
+        return ""
+    total = len(spec["systems"]) * len(spec["seeds"]) * len(spec["benchmarks"])
+    hours = sum(walls) / 3600
+    line = (f"Cost of the grid: {len(walls)}/{total} runs finished, {hours:.1f} h of measured run time, "
+            f"{hours / 2:.1f} h two side by side.")
+    budget = spec.get("budget_hours")
+    if budget:
+        verdict = ("within it" if hours / 2 <= budget
+                   else f"**over it by {100 * (hours / 2 / budget - 1):.0f}%**")
+        scope = "" if len(walls) == total else " for the finished runs alone"
+        line += f" The budget is {budget:g} h two side by side: {verdict}{scope}."
+    return line
+
+
 def write_report(spec: dict[str, Any], out_md: Path) -> None:
     results_dir = Path(spec.get("results_dir", "results"))
     grouped = load_results(results_dir, list(spec["benchmarks"]))
@@ -256,6 +279,9 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
              "'rel. CER vs ctc' compares mean CERs; alignment precision (P) and token recall (R) are "
              "measured with each system's own aligner against ground-truth word spans on the noisy test set, "
              "with the share of transported mass that lands on annotated silence/noise.", ""]
+    grid_cost = grid_cost_line(grouped, spec)
+    if grid_cost:
+        lines += [grid_cost, ""]
     for bench in spec["benchmarks"]:
         systems = grouped.get(bench, {})
         done = sum(len(v) for name, v in systems.items() if name in spec["systems"])

@@ -160,6 +160,25 @@ def test_cost_line_projects_the_grid_from_the_median_finished_run():
     assert cost_line({}, ["ctc"], 10) == ""
 
 
+def test_grid_cost_line_sums_both_benchmarks_and_checks_the_budget():
+    from otalign.train.report import grid_cost_line
+
+    spec = {"benchmarks": {"a": {}, "b": {}}, "systems": {"ctc": {}, "uot": {}}, "seeds": [0],
+            "budget_hours": 1}
+    grouped = {"a": {"ctc": [{"wall_s": 3600}], "uot": [{"wall_s": 3600}]},
+               "b": {"ctc": [{"wall_s": 1800}], "attempt": [{"wall_s": 9e9}]}}  # not a grid system
+    line = grid_cost_line(grouped, spec)
+    assert "3/4 runs finished, 2.5 h of measured run time, 1.2 h two side by side" in line
+    assert "over it by 25%" in line and "finished runs alone" in line
+    grouped["b"]["uot"] = [{"wall_s": 0.0}]  # a run without a recorded time is not counted
+    assert "within it" not in grid_cost_line(grouped, spec)
+    grouped["a"] = {"ctc": [{"wall_s": 1800}], "uot": [{"wall_s": 1800}]}
+    grouped["b"]["uot"] = [{"wall_s": 1800}]
+    line = grid_cost_line(grouped, spec)
+    assert "4/4 runs finished" in line and "within it." in line
+    assert grid_cost_line({}, spec) == ""
+
+
 def test_plot_rho_draws_one_file_and_needs_two_rhos(tmp_path):
     from otalign.train.report import plot_rho
 

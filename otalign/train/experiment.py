@@ -13,7 +13,8 @@ The experiment YAML holds ``base`` (a TrainConfig mapping), ``systems`` (name ->
 base <- benchmark <- system <- {seed, exp_dir}, validated by the one schema in config.py.
 ``attempts`` has the same form as ``systems``: the settings tried while looking for why the grid
 does what it does. They are not part of the grid: they run only when ``--only`` names them, and
-the report lists them in a table of their own.
+the report lists them in a table of their own. ``budget_hours`` (optional) is the wall-clock the
+grid should fit in, two runs side by side; the report sums the measured run times against it.
 """
 
 from __future__ import annotations

@@ -53,6 +53,9 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: unknown experiment key(s) {sorted(unknown)} (known: {sorted(known)})")
     spec["attempts"] = spec.get("attempts") or {}
+    budget = spec.get("budget_hours")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise ValueError(f"{path}: budget_hours must be a positive number of hours, got {budget!r}")
     for key in ("systems", "benchmarks", "seeds"):
         if not spec.get(key):
             raise ValueError(f"{path}: '{key}' is empty or missing")

@@ -247,7 +247,7 @@ def cost_line(systems: dict[str, list[dict[str, Any]]], grid: list[str], total_r
 
 
 def grid_cost_line(grouped: dict[str, dict[str, list[dict[str, Any]]]], spec: dict[str, Any]) -> str:
-    """The grid's measured run time, summed over both benchmarks, against ``budget_hours`` if given.
+    """The grid's measured run time, summed over every benchmark, against ``budget_hours`` if given.
 
     Two runs share the 2-core machine (one thread each), so the wall-clock of the grid is half the
     summed run time; a sum, not a median, so that slow runs count.

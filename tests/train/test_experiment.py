@@ -26,6 +26,14 @@ def test_unknown_experiment_key_is_an_error(tmp_path):
         load_experiment(bad)
 
 
+@pytest.mark.parametrize("budget", ["six", 0, -1, True])
+def test_a_budget_that_is_not_a_positive_number_is_an_error(tmp_path, budget):
+    bad = tmp_path / "x.yaml"
+    bad.write_text(f"systems: {{a: {{}}}}\nbenchmarks: {{b: {{}}}}\nseeds: [0]\nbudget_hours: {str(budget).lower()}\n")
+    with pytest.raises(ValueError, match="x.yaml: budget_hours"):
+        load_experiment(bad)
+
+
 def test_smoke_grid_runs_writes_results_and_resumes(tmp_path, monkeypatch):
     import shutil
     if shutil.which("espeak-ng") is None:

@@ -110,7 +110,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from otalign.train.experiment import run_experiment
     run_experiment(args.config, only=args.only, dry_run=args.dry_run, report_only=args.report_only,
-                   seeds=args.seeds, benchmarks=args.benchmarks)
+                   seeds=args.seeds, benchmarks=args.benchmarks, jobs=args.jobs)
     return 0
 
 
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", default=None, help="comma-separated benchmark names to run")
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are done")
     p.add_argument("--report-only", action="store_true", help="regenerate docs/results.md from results/")
+    p.add_argument("--jobs", type=int, default=None, help="runs at once, one process each (default: the config's jobs)")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("demo", help="the whole path on the embedded corpus: synth, train (uot), decode, score")

@@ -13,8 +13,11 @@ The experiment YAML holds ``base`` (a TrainConfig mapping), ``systems`` (name ->
 base <- benchmark <- system <- {seed, exp_dir}, validated by the one schema in config.py.
 ``attempts`` has the same form as ``systems``: the settings tried while looking for why the grid
 does what it does. They are not part of the grid: they run only when ``--only`` names them, and
-the report lists them in a table of their own. ``budget_hours`` (optional) is the wall-clock the
-grid should fit in, two runs side by side; the report sums the measured run times against it.
+the report lists them in a table of their own. ``jobs`` (default 1; ``--jobs`` overrides) runs
+that many runs at once, each in its own process with ``base.threads`` torch threads and its log in
+``<exp_dir>/run.log``: on a small CPU box one thread per run and one run per core gets more done
+than one run on every core. ``budget_hours`` (optional) is the wall-clock the grid should fit in;
+the report sums the measured run times, divides by ``jobs`` and compares.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ from __future__ import annotations
 import copy
 import json
 import math
+import multiprocessing
+import os
 import statistics
+import sys
 import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -48,7 +56,7 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"experiment config not found: {path}")
     spec = yaml.safe_load(path.read_text()) or {}
     known = {"name", "results_dir", "exp_root", "seeds", "base", "systems", "benchmarks", "prepare",
-             "report", "alignment_utterances", "keep_checkpoints", "attempts", "budget_hours"}
+             "report", "alignment_utterances", "keep_checkpoints", "attempts", "budget_hours", "jobs"}
     unknown = set(spec) - known
     if unknown:
         raise ValueError(f"{path}: unknown experiment key(s) {sorted(unknown)} (known: {sorted(known)})")
@@ -56,10 +64,18 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     budget = spec.get("budget_hours")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ValueError(f"{path}: budget_hours must be a positive number of hours, got {budget!r}")
+    spec["jobs"] = check_jobs(spec.get("jobs", 1), f"{path}: jobs")
     for key in ("systems", "benchmarks", "seeds"):
         if not spec.get(key):
             raise ValueError(f"{path}: '{key}' is empty or missing")
     return spec
+
+
+def check_jobs(jobs: Any, where: str) -> int:
+    """``jobs`` as a positive int, or a ValueError that names ``where`` it came from."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"{where} must be a positive whole number of runs at once, got {jobs!r}")
+    return jobs
 
 
 def run_configs(spec: dict[str, Any], attempts: bool = False) -> list[tuple[str, str, int, TrainConfig]]:
@@ -186,14 +202,76 @@ def _json_default(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- driver
+def _run_one_logged(spec: dict[str, Any], bench: str, system: str, seed: int, config: TrainConfig) -> dict[str, Any]:
+    """`run_one` in a worker process, its output (tqdm, warnings, C-level too) in ``<exp_dir>/run.log``."""
+    log = Path(config.exp_dir) / "run.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a") as fh:
+        os.dup2(fh.fileno(), 1), os.dup2(fh.fileno(), 2)
+        try:
+            return run_one(spec, bench, system, seed, config)
+        except Exception:
+            traceback.print_exc()  # the parent gets the exception, the log keeps where it came from
+            raise
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
+def _run_pending(spec: dict[str, Any], pending: list[tuple[str, str, int, TrainConfig]], jobs: int) -> None:
+    """Run ``pending`` in order, ``jobs`` at a time; a failed run is reported and the others go on.
+
+    With one job the runs go in this process, their output on the console; with more, each goes
+    in a worker process and logs to ``<exp_dir>/run.log``.
+    """
+    failed = []
+
+    def report(done: int, run: tuple, outcome: Callable[[], dict[str, Any]]) -> None:
+        bench, system, seed, config = run
+        name = f"{bench}/{system}/seed{seed}"
+        try:
+            result = outcome()
+        except Exception as exc:  # one bad run must not take the rest of the grid down
+            if jobs == 1:
+                traceback.print_exc()
+            where = f" (log {Path(config.exp_dir) / 'run.log'})" if jobs > 1 else ""
+            failed.append(f"{name}: {type(exc).__name__}: {exc}{where}")
+            print(f"[experiment] ({done}/{len(pending)}) FAILED {failed[-1]}", flush=True)
+            return
+        cers = ", ".join(f"{k} CER {100 * v['cer']:.1f}%" for k, v in result["test"].items())
+        print(f"[experiment] ({done}/{len(pending)}) finished {name} in {result['wall_s'] / 60:.1f} min: {cers}",
+              flush=True)
+
+    if jobs == 1:
+        for done, run in enumerate(pending, 1):
+            print(f"[experiment] ({done}/{len(pending)}) {run[0]}/{run[1]}/seed{run[2]} -> {run[3].exp_dir}")
+            report(done, run, lambda: run_one(spec, *run))
+    else:
+        # spawn, not fork: a forked child would inherit the parent's torch thread pool state
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_one_logged, spec, *run): run for run in pending}
+            for bench, system, seed, config in pending:
+                print(f"[experiment] queued {bench}/{system}/seed{seed}, log {Path(config.exp_dir) / 'run.log'}")
+            for done, future in enumerate(as_completed(futures), 1):
+                report(done, futures[future], future.result)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(pending)} runs failed:\n  " + "\n  ".join(failed))
+
+
 def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bool = False,
-                   report_only: bool = False, seeds: str | None = None, benchmarks: str | None = None) -> None:
+                   report_only: bool = False, seeds: str | None = None, benchmarks: str | None = None,
+                   jobs: int | None = None) -> None:
     """Run what is missing of the grid (optionally only some systems, seeds or benchmarks), then report.
 
     Runs are ordered seed-major (every system's seed 0 before any seed 1), so a grid cut short
-    still compares all systems.
+    still compares all systems. ``jobs`` overrides the config's ``jobs``: runs at once.
     """
     spec = load_experiment(config_path)
+    if jobs is not None:
+        spec["jobs"] = check_jobs(jobs, "--jobs")
     wanted = set(only.split(",")) if only else None
     known = set(spec["systems"]) | set(spec["attempts"])
     if wanted and wanted - known:
@@ -223,9 +301,7 @@ def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bo
             return
         if pending:
             prepare_data(spec)
-        for index, (bench, system, seed, config) in enumerate(pending, 1):
-            print(f"[experiment] ({index}/{len(pending)}) {bench}/{system}/seed{seed} -> {config.exp_dir}")
-            run_one(spec, bench, system, seed, config)
+        _run_pending(spec, pending, spec["jobs"])
     report = spec.get("report")
     if report:
         from otalign.train.report import write_report

@@ -234,38 +234,42 @@ def plot_rho(systems: dict[str, list[dict[str, Any]]], out_png: Path, title: str
     return True
 
 
-def cost_line(systems: dict[str, list[dict[str, Any]]], grid: list[str], total_runs: int) -> str:
+def cost_line(systems: dict[str, list[dict[str, Any]]], grid: list[str], total_runs: int, jobs: int = 1) -> str:
     """Wall-clock of the finished grid runs and what the whole grid would take at their median."""
     walls = sorted(r["wall_s"] / 60 for name in grid for r in systems.get(name, []) if r.get("wall_s"))
     if not walls:
         return ""
     median = statistics.median(walls)
-    return (f"Wall-clock per grid run (training, decoding and alignment scoring): median {median:.1f} min, "
+    line = (f"Wall-clock per grid run (training, decoding and alignment scoring): median {median:.1f} min, "
             f"range {walls[0]:.1f}-{walls[-1]:.1f} min over {len(walls)} runs. At the median, all {total_runs} "
-            f"runs of this benchmark take {median * total_runs / 60:.1f} h one at a time, "
-            f"{median * total_runs / 120:.1f} h two side by side.")
+            f"runs of this benchmark take {median * total_runs / 60:.1f} h one after another")
+    if jobs > 1:
+        line += f", {median * total_runs / 60 / jobs:.1f} h {jobs} at a time"
+    return line + "."
 
 
 def grid_cost_line(grouped: dict[str, dict[str, list[dict[str, Any]]]], spec: dict[str, Any]) -> str:
     """The grid's measured run time, summed over every benchmark, against ``budget_hours`` if given.
 
-    Two runs share the 2-core machine (one thread each), so the wall-clock of the grid is half the
-    summed run time; a sum, not a median, so that slow runs count.
+    ``jobs`` runs share the machine, so the grid's wall-clock is the summed run time over ``jobs``;
+    a sum, not a median, so that slow runs count.
     """
     walls = [r["wall_s"] for bench in spec["benchmarks"] for name in spec["systems"]
              for r in grouped.get(bench, {}).get(name, []) if r.get("wall_s")]
     if not walls:
         return ""
     total = len(spec["systems"]) * len(spec["seeds"]) * len(spec["benchmarks"])
+    jobs = int(spec.get("jobs", 1))
     hours = sum(walls) / 3600
-    line = (f"Cost of the grid: {len(walls)}/{total} runs finished, {hours:.1f} h of measured run time, "
-            f"{hours / 2:.1f} h two side by side.")
+    how = "one after another" if jobs == 1 else f"{jobs} at a time"
+    line = f"Cost of the grid: {len(walls)}/{total} runs finished, {hours:.1f} h of measured run time"
+    line += "." if jobs == 1 else f", {hours / jobs:.1f} h {how}."
     budget = spec.get("budget_hours")
     if budget:
-        verdict = ("within it" if hours / 2 <= budget
-                   else f"**over it by {100 * (hours / 2 / budget - 1):.0f}%**")
+        verdict = ("within it" if hours / jobs <= budget
+                   else f"**over it by {100 * (hours / jobs / budget - 1):.0f}%**")
         scope = "" if len(walls) == total else " for the finished runs alone"
-        line += f" The budget is {budget:g} h two side by side: {verdict}{scope}."
+        line += f" The budget is {budget:g} h, runs {how}: {verdict}{scope}."
     return line
 
 
@@ -291,7 +295,7 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
             lines += ["No finished run yet.", ""]
             continue
         lines += benchmark_table(systems, order) + [""]
-        cost = cost_line(systems, order, total)
+        cost = cost_line(systems, order, total, int(spec.get("jobs", 1)))
         if cost:
             lines += [cost, ""]
         paired = paired_table(systems, order + list(spec["attempts"]))

@@ -40,7 +40,7 @@ def test_smoke_grid_runs_writes_results_and_resumes(tmp_path, monkeypatch):
         pytest.skip("espeak-ng is not installed (make test installs it)")
     monkeypatch.chdir(tmp_path)
     config = ROOT / "conf/experiment_smoke.yaml"
-    run_experiment(config)
+    run_experiment(config, jobs=2)  # the grid's way: one worker process per run
     results = sorted((tmp_path / "exp/smoke/results/synthetic").glob("*.json"))
     assert [p.name for p in results] == ["ctc__seed0.json", "uot_rho1__seed0.json"]
     uot = json.loads(results[1].read_text())
@@ -50,8 +50,40 @@ def test_smoke_grid_runs_writes_results_and_resumes(tmp_path, monkeypatch):
     report = (tmp_path / "exp/smoke/results.md").read_text()
     assert "uot_rho1" in report and "ctc" in report
     stamp = os.path.getmtime(results[0])
+    assert (tmp_path / "exp/smoke/runs/synthetic/uot_rho1__seed0/run.log").stat().st_size > 0
     run_experiment(config)  # everything done: nothing is recomputed
     assert os.path.getmtime(results[0]) == stamp
+
+
+@pytest.mark.parametrize("jobs", [0, -2, 1.5, True, "2"])
+def test_jobs_that_is_not_a_positive_whole_number_is_an_error(tmp_path, jobs):
+    bad = tmp_path / "x.yaml"
+    bad.write_text(f"systems: {{a: {{}}}}\nbenchmarks: {{b: {{}}}}\nseeds: [0]\njobs: {json.dumps(jobs)}\n")
+    with pytest.raises(ValueError, match="x.yaml: jobs"):
+        load_experiment(bad)
+    good = tmp_path / "y.yaml"
+    good.write_text("systems: {a: {}}\nbenchmarks: {b: {}}\nseeds: [0]\n")
+    with pytest.raises(ValueError, match="--jobs"):
+        run_experiment(good, jobs=jobs, dry_run=True)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_failed_runs_are_named_and_the_others_still_run(tmp_path, monkeypatch, capsys, jobs):
+    """A missing manifest fails its runs; the grid goes on, then says which runs failed and why."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "x.yaml"
+    config.write_text(
+        "results_dir: res\nexp_root: runs\nseeds: [0, 1]\nbase: {model: {preset: tiny}}\n"
+        "systems: {ctc: {transfer: {aligner: none}}}\n"
+        "benchmarks: {b: {train: {data: {train_manifests: [missing/train.jsonl], dev_manifest: missing/dev.jsonl,"
+        " test_manifests: {t: missing/test.jsonl}}}}}\n")
+    with pytest.raises(RuntimeError, match="2 of 2 runs failed") as failure:
+        run_experiment(config, jobs=jobs)
+    message = str(failure.value)
+    assert "b/ctc/seed0" in message and "b/ctc/seed1" in message and "missing/train.jsonl" in message
+    if jobs > 1:  # each worker's traceback is in its run's log
+        assert "Traceback" in (tmp_path / "runs/b/ctc__seed1/run.log").read_text()
+    assert capsys.readouterr().out.count("FAILED") == 2
 
 
 def test_rho_families_group_uot_runs_by_everything_but_rho():
@@ -162,9 +194,10 @@ def test_cost_line_projects_the_grid_from_the_median_finished_run():
 
     systems = {"ctc": [{"wall_s": 600}, {"wall_s": 1200}], "uot": [{"wall_s": 720}],
                "attempt": [{"wall_s": 6000}]}  # not a grid system: left out
-    line = cost_line(systems, ["ctc", "uot"], total_runs=10)
+    line = cost_line(systems, ["ctc", "uot"], total_runs=10, jobs=2)
     assert "median 12.0 min" in line and "range 10.0-20.0 min over 3 runs" in line
-    assert "2.0 h one at a time" in line and "1.0 h two side by side" in line
+    assert "2.0 h one after another, 1.0 h 2 at a time." in line
+    assert "at a time" not in cost_line(systems, ["ctc", "uot"], total_runs=10)
     assert cost_line({}, ["ctc"], 10) == ""
 
 
@@ -172,12 +205,13 @@ def test_grid_cost_line_sums_both_benchmarks_and_checks_the_budget():
     from otalign.train.report import grid_cost_line
 
     spec = {"benchmarks": {"a": {}, "b": {}}, "systems": {"ctc": {}, "uot": {}}, "seeds": [0],
-            "budget_hours": 1}
+            "budget_hours": 1, "jobs": 2}
     grouped = {"a": {"ctc": [{"wall_s": 3600}], "uot": [{"wall_s": 3600}]},
                "b": {"ctc": [{"wall_s": 1800}], "attempt": [{"wall_s": 9e9}]}}  # not a grid system
     line = grid_cost_line(grouped, spec)
-    assert "3/4 runs finished, 2.5 h of measured run time, 1.2 h two side by side" in line
+    assert "3/4 runs finished, 2.5 h of measured run time, 1.2 h 2 at a time" in line
     assert "over it by 25%" in line and "finished runs alone" in line
+    assert "over it by 150%" in grid_cost_line(grouped, {**spec, "jobs": 1})  # one at a time: 2.5 h
     grouped["b"]["uot"] = [{"wall_s": 0.0}]  # a run without a recorded time is not counted
     assert "within it" not in grid_cost_line(grouped, spec)
     grouped["a"] = {"ctc": [{"wall_s": 1800}], "uot": [{"wall_s": 1800}]}

@@ -15,9 +15,9 @@ base <- benchmark <- system <- {seed, exp_dir}, validated by the one schema in c
 does what it does. They are not part of the grid: they run only when ``--only`` names them, and
 the report lists them in a table of their own. ``jobs`` (default 1; ``--jobs`` overrides) runs
 that many runs at once, each in its own process with ``base.threads`` torch threads and its log in
-``<exp_dir>/run.log``: on a small CPU box one thread per run and one run per core gets more done
-than one run on every core. ``budget_hours`` (optional) is the wall-clock the grid should fit in;
-the report sums the measured run times, divides by ``jobs`` and compares.
+``<exp_dir>/run.log``; conf/experiment.yaml sets one thread per run and one run per core.
+``budget_hours`` (optional) is the wall-clock the grid should fit in; the report sums the measured
+run times, divides by ``jobs`` and compares.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def _run_pending(spec: dict[str, Any], pending: list[tuple[str, str, int, TrainC
             print(f"[experiment] ({done}/{len(pending)}) {run[0]}/{run[1]}/seed{run[2]} -> {run[3].exp_dir}")
             report(done, run, lambda: run_one(spec, *run))
     else:
-        # spawn, not fork: a forked child would inherit the parent's torch thread pool state
+        # spawn, not fork: forking a process whose torch has started its OpenMP threads can hang the child
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_run_one_logged, spec, *run): run for run in pending}
             for bench, system, seed, config in pending:

@@ -264,6 +264,12 @@ def grid_cost_line(grouped: dict[str, dict[str, list[dict[str, Any]]]], spec: di
     how = "one after another" if jobs == 1 else f"{jobs} at a time"
     line = f"Cost of the grid: {len(walls)}/{total} runs finished, {hours:.1f} h of measured run time"
     line += "." if jobs == 1 else f", {hours / jobs:.1f} h {how}."
+    # the pace says how much of the cost is the machine's load rather than the settings
+    paces = sorted(r["x_real_time"] for bench in spec["benchmarks"] for name in spec["systems"]
+                   for r in grouped.get(bench, {}).get(name, []) if r.get("wall_s") and r.get("x_real_time"))
+    if paces:
+        line += (f" Training ran at {paces[0]:.0f}-{paces[-1]:.0f}x real time per process "
+                 f"(median {statistics.median(paces):.0f}x).")
     budget = spec.get("budget_hours")
     if budget:
         verdict = ("within it" if hours / jobs <= budget

@@ -206,10 +206,12 @@ def test_grid_cost_line_sums_both_benchmarks_and_checks_the_budget():
 
     spec = {"benchmarks": {"a": {}, "b": {}}, "systems": {"ctc": {}, "uot": {}}, "seeds": [0],
             "budget_hours": 1, "jobs": 2}
-    grouped = {"a": {"ctc": [{"wall_s": 3600}], "uot": [{"wall_s": 3600}]},
-               "b": {"ctc": [{"wall_s": 1800}], "attempt": [{"wall_s": 9e9}]}}  # not a grid system
+    grouped = {"a": {"ctc": [{"wall_s": 3600, "x_real_time": 40.0}], "uot": [{"wall_s": 3600, "x_real_time": 80.0}]},
+               "b": {"ctc": [{"wall_s": 1800, "x_real_time": 50.0}],
+                     "attempt": [{"wall_s": 9e9, "x_real_time": 1.0}]}}  # not a grid system
     line = grid_cost_line(grouped, spec)
     assert "3/4 runs finished, 2.5 h of measured run time, 1.2 h 2 at a time" in line
+    assert "at 40-80x real time per process (median 50x)" in line
     assert "over it by 25%" in line and "finished runs alone" in line
     assert "over it by 150%" in grid_cost_line(grouped, {**spec, "jobs": 1})  # one at a time: 2.5 h
     grouped["b"]["uot"] = [{"wall_s": 0.0}]  # a run without a recorded time is not counted

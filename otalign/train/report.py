@@ -254,8 +254,9 @@ def grid_cost_line(grouped: dict[str, dict[str, list[dict[str, Any]]]], spec: di
     ``jobs`` runs share the machine, so the grid's wall-clock is the summed run time over ``jobs``;
     a sum, not a median, so that slow runs count.
     """
-    walls = [r["wall_s"] for bench in spec["benchmarks"] for name in spec["systems"]
+    timed = [r for bench in spec["benchmarks"] for name in spec["systems"]
              for r in grouped.get(bench, {}).get(name, []) if r.get("wall_s")]
+    walls = [r["wall_s"] for r in timed]
     if not walls:
         return ""
     total = len(spec["systems"]) * len(spec["seeds"]) * len(spec["benchmarks"])
@@ -265,8 +266,7 @@ def grid_cost_line(grouped: dict[str, dict[str, list[dict[str, Any]]]], spec: di
     line = f"Cost of the grid: {len(walls)}/{total} runs finished, {hours:.1f} h of measured run time"
     line += "." if jobs == 1 else f", {hours / jobs:.1f} h {how}."
     # the pace says how much of the cost is the machine's load rather than the settings
-    paces = sorted(r["x_real_time"] for bench in spec["benchmarks"] for name in spec["systems"]
-                   for r in grouped.get(bench, {}).get(name, []) if r.get("wall_s") and r.get("x_real_time"))
+    paces = sorted(r["x_real_time"] for r in timed if r.get("x_real_time"))
     if paces:
         line += (f" Training ran at {paces[0]:.0f}-{paces[-1]:.0f}x real time per process "
                  f"(median {statistics.median(paces):.0f}x).")

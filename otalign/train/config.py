@@ -73,7 +73,7 @@ class TransferConfig:
     """lambda in L = L_CTC + lambda * L_KT. L_CTC is summed over an utterance (tens to hundreds of
     nats) and L_KT is a mean cosine distance (at most 2), so lambda must be large for the transfer
     to reach the encoder: at 0.3 its encoder gradient was 2e-4 of CTC's, at 100 about 5%
-    (`python -m bench.grad_balance`; docs/results.md)."""
+    (`python -m bench.grad_balance`; docs/results_v1.md)."""
     quantity_weight: float = 1.0
     """Weight of CIF's quantity loss inside the transfer term: its effective weight is
     lambda * quantity_weight, so a large lambda needs a small quantity_weight."""

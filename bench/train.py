@@ -4,8 +4,11 @@ One step = forward + backward + optimizer step of the tiny Conformer-CTC (+ adap
 PLM states are computed once before timing (training reads them from the cache), so the ratio
 measures only what the aligner adds. Features are random fbank-shaped tensors: step time does
 not depend on their values. Median over ``--repeats`` round-robin rounds after ``--warmup`` rounds.
+``--subsampling-channels 64,32`` also crosses the aligners with widths of the subsampling
+convolutions (the experiment's budget knob); ratios are then against plain CTC at the first width.
 
     python -m bench.train [--batch 16] [--seconds 6] [--threads 2] [--aligners none,uot,ot,...]
+                          [--subsampling-channels 64,32]
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--aligners", default="none,uot,ot,tot,partial,attention,cif")
     parser.add_argument("--n-iter", type=int, default=30)
+    parser.add_argument("--subsampling-channels", default="",
+                        help="comma-separated widths of the subsampling convolutions (default: the preset's)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
@@ -56,11 +61,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # Round-robin over aligners, one step each per round, so that load changes on this shared
     # machine hit every aligner alike; medians per aligner over the timed rounds.
+    widths = [int(w) for w in args.subsampling_channels.split(",") if w.strip()] or [None]
     systems = {}
-    for aligner in args.aligners.split(","):
-        config = load_config(None, [f"transfer.aligner={aligner}", f"transfer.n_iter={args.n_iter}"])
-        trainable = build_trainable(config, tokenizer.vocab_size, teacher.width)
-        systems[aligner] = (trainable, torch.optim.AdamW(trainable.parameters(), lr=1e-4))
+    for width in widths:
+        for aligner in args.aligners.split(","):
+            overrides = [f"transfer.aligner={aligner}", f"transfer.n_iter={args.n_iter}"]
+            if width is not None:
+                overrides.append(f"model.overrides={{subsampling_channels: {width}}}")
+            config = load_config(None, overrides)
+            trainable = build_trainable(config, tokenizer.vocab_size, teacher.width)
+            name = aligner if width is None else f"{aligner}, {width} ch"
+            systems[name] = (trainable, torch.optim.AdamW(trainable.parameters(), lr=1e-4))
     times: dict[str, list[float]] = {name: [] for name in systems}
     for round_index in range(args.warmup + args.repeats):
         for aligner, (trainable, optimizer) in systems.items():
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for aligner, seconds in rows:
         print(f"{aligner:10s} median step {seconds * 1000:7.1f} ms", file=sys.stderr)
 
-    base = dict(rows).get("none")
+    base = next((seconds for name, seconds in rows if name.split(",")[0] == "none"), None)  # first width's
     print(f"\nB={args.batch}, {args.seconds:g} s utterances, tiny preset, {args.threads} threads, "
           f"n_iter={args.n_iter}, median of {args.repeats} steps\n")
     print("| aligner | step (ms) | ratio vs plain CTC |")

@@ -23,6 +23,7 @@ run times, divides by ``jobs`` and compares.
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import math
 import multiprocessing
@@ -153,6 +154,7 @@ def run_one(spec: dict[str, Any], bench: str, system: str, seed: int, config: Tr
     from otalign.train.trainer import git_hash, run
 
     started = time.time()
+    started_at = _utc_now()
     code_version = git_hash()  # at the start: the tree may change while a long run trains
     final = run(config, resume=True)
     exp_dir = Path(config.exp_dir)
@@ -182,6 +184,8 @@ def run_one(spec: dict[str, Any], bench: str, system: str, seed: int, config: Tr
         "epoch_time_s": statistics.median(m["epoch_time_s"] for m in sidecars) if sidecars else math.nan,
         "x_real_time": statistics.median(m["x_real_time"] for m in sidecars) if sidecars else math.nan,
         "wall_s": time.time() - started,
+        # when, not only how long: the report measures the grid's wall-clock from these
+        "started_at": started_at, "finished_at": _utc_now(),
         "config": to_dict(config),
     }
     path = result_path(spec, bench, system, seed)
@@ -193,6 +197,10 @@ def run_one(spec: dict[str, Any], bench: str, system: str, seed: int, config: Tr
         for ckpt in exp_dir.glob("epoch_*.pt"):
             ckpt.unlink()
     return result
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _json_default(value: Any) -> Any:

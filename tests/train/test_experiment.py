@@ -2,6 +2,7 @@
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,10 @@ def test_smoke_grid_runs_writes_results_and_resumes(tmp_path, monkeypatch):
     assert set(uot["test"]) == {"test_clean", "test_noisy"}
     assert 0.0 <= uot["alignment"]["test_noisy"]["micro_precision"] <= 1.0
     assert uot["git_hash"] and uot["config"]["transfer"]["aligner"] == "uot"
+    ctc = json.loads(results[0].read_text())
+    spans = [(datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"])) for r in (ctc, uot)]
+    assert all(start <= end for start, end in spans)
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # jobs=2: the two runs overlapped
     report = (tmp_path / "exp/smoke/results.md").read_text()
     assert "uot_rho1" in report and "ctc" in report
     stamp = os.path.getmtime(results[0])

@@ -16,8 +16,9 @@ does what it does. They are not part of the grid: they run only when ``--only`` 
 the report lists them in a table of their own. ``jobs`` (default 1; ``--jobs`` overrides) runs
 that many runs at once, each in its own process with ``base.threads`` torch threads and its log in
 ``<exp_dir>/run.log``; conf/experiment.yaml sets one thread per run and one run per core.
-``budget_hours`` (optional) is the wall-clock the grid should fit in; the report sums the measured
-run times, divides by ``jobs`` and compares.
+``budget_hours`` (optional) is the wall-clock the grid should fit in; the report compares it with
+the time in which a grid run was going, from each result's ``started_at``/``finished_at`` (or, for
+results without them, the summed run times over ``jobs``).
 """
 
 from __future__ import annotations

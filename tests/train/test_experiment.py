@@ -224,8 +224,29 @@ def test_grid_cost_line_sums_both_benchmarks_and_checks_the_budget():
     grouped["a"] = {"ctc": [{"wall_s": 1800}], "uot": [{"wall_s": 1800}]}
     grouped["b"]["uot"] = [{"wall_s": 1800}]
     line = grid_cost_line(grouped, spec)
-    assert "4/4 runs finished" in line and "within it." in line
+    assert "4/4 runs finished" in line and "within it (run time over 2)." in line
     assert grid_cost_line({}, spec) == ""
+
+
+def test_the_budget_is_checked_on_wall_clock_when_runs_have_start_and_finish_times():
+    from otalign.train.report import busy_hours, grid_cost_line
+
+    def run(start, end):  # hours after 10:00 on one day
+        stamp = lambda h: f"2026-12-02T{10 + int(h):02d}:{round(60 * (h % 1)):02d}:00+00:00"
+        return {"wall_s": (end - start) * 3600, "started_at": stamp(start), "finished_at": stamp(end)}
+
+    # two at a time, then a lone tail, then a pause (a new sitting) and one more pair
+    runs = [run(0, 1), run(0, 1.5), run(1, 2), run(4, 5), run(4, 4.5)]
+    assert busy_hours(runs) == pytest.approx(2 + 1)
+    assert busy_hours(runs[:2] + [{"wall_s": 60}]) is None  # one run without times: no claim
+    spec = {"benchmarks": {"a": {}}, "systems": {"ctc": {}, "uot": {}, "ot": {}, "tot": {}, "cif": {}},
+            "seeds": [0], "budget_hours": 2.5, "jobs": 2}
+    grouped = {"a": {name: [r] for name, r in zip(spec["systems"], runs)}}
+    line = grid_cost_line(grouped, spec)
+    # summed run time over jobs is 2.5 h, within the budget; the wall-clock, 3.0 h, is not
+    assert "5.0 h of measured run time, 2.5 h 2 at a time" in line
+    assert "from the runs' start and finish times: 3.0 h" in line
+    assert "over it by 20%** (wall-clock)." in line
 
 
 def test_plot_rho_draws_one_file_and_needs_two_rhos(tmp_path):

@@ -29,6 +29,7 @@ import json
 import math
 import multiprocessing
 import os
+import platform
 import statistics
 import sys
 import time
@@ -187,6 +188,8 @@ def run_one(spec: dict[str, Any], bench: str, system: str, seed: int, config: Tr
         "wall_s": time.time() - started,
         # when, not only how long: the report measures the grid's wall-clock from these
         "started_at": started_at, "finished_at": _utc_now(),
+        # a seed reproduces its run only on one kernel build (results/diagnostics/rerun_reproducibility.csv)
+        "kernel": platform.release(),
         "config": to_dict(config),
     }
     path = result_path(spec, bench, system, seed)

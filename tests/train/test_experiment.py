@@ -47,7 +47,7 @@ def test_smoke_grid_runs_writes_results_and_resumes(tmp_path, monkeypatch):
     uot = json.loads(results[1].read_text())
     assert set(uot["test"]) == {"test_clean", "test_noisy"}
     assert 0.0 <= uot["alignment"]["test_noisy"]["micro_precision"] <= 1.0
-    assert uot["git_hash"] and uot["config"]["transfer"]["aligner"] == "uot"
+    assert uot["git_hash"] and uot["config"]["transfer"]["aligner"] == "uot" and uot["kernel"]
     ctc = json.loads(results[0].read_text())
     spans = [(datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"])) for r in (ctc, uot)]
     assert all(start <= end for start, end in spans)

@@ -117,8 +117,14 @@ def paired_table(systems: dict[str, list[dict[str, Any]]], order: list[str], bas
                 lower = sum(d < 0 for d in diffs)
                 cells.append(f"{100 * statistics.mean(diffs):+.2f} ± {100 * statistics.stdev(diffs):.2f} "
                              f"({lower}/{len(diffs)}, p {paired_p_value(diffs):.2f})")
-        lines.append(f"| {system} | {','.join(str(r['seed']) for r, _ in pairs)} | " + " | ".join(cells) + " |")
+        seeds = ",".join(f"{r['seed']}{'*' if _other_kernel(r, b) else ''}" for r, b in pairs)
+        lines.append(f"| {system} | {seeds} | " + " | ".join(cells) + " |")
     return lines if len(lines) > 2 else []
+
+
+def _other_kernel(run: dict[str, Any], base: dict[str, Any]) -> bool:
+    """Whether two runs are known to come from different kernel builds, where one seed gives other results."""
+    return bool(run.get("kernel") and base.get("kernel") and run["kernel"] != base["kernel"])
 
 
 def uot_systems(systems: dict[str, list[dict[str, Any]]], order: list[str]) -> list[str]:
@@ -336,7 +342,8 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
             lines += ["CER change against plain CTC of the same seed (same initialisation and batch order), "
                       "in CER points, mean ± std over the paired seeds; negative is better. In brackets: the seeds on "
                       "which the system's CER is lower, and the two-sided p of a paired t-test (not corrected for "
-                      "the number of rows):", ""] + paired + [""]
+                      "the number of rows). A seed marked * paired runs of two kernel builds, which one seed does not make "
+                      "alike (docs/results_v1.md, on reproducibility):", ""] + paired + [""]
         # the paper's second claim: uot beats balanced ot
         paired_ot = paired_table(systems, uot_systems(systems, order), baseline="ot")
         if paired_ot:

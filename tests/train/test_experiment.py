@@ -161,6 +161,9 @@ def test_paired_table_compares_each_seed_with_its_own_ctc_run():
     # diffs -2 and -1 points: t = -3 on 1 degree of freedom, a Cauchy law, so p = 1 - 2 atan(3) / pi = 0.20
     assert lines[-1] == "| uot | 0,1 | -1.50 ± 0.71 (2/2, p 0.20) |"
     assert paired_table(systems, ["ctc", "uot"], baseline="uot")[-1] == "| ctc | 0,1 | +1.50 ± 0.71 (0/2, p 0.20) |"
+    systems["ctc"][1]["kernel"], systems["uot"][1]["kernel"] = "6.18-v1045", "6.18-v1098"
+    systems["uot"][0]["kernel"] = "6.18-v1098"  # its ctc pair has no kernel recorded: not flagged
+    assert paired_table(systems, ["ctc", "uot"])[-1] == "| uot | 0,1* | -1.50 ± 0.71 (2/2, p 0.20) |"
 
 
 def test_paired_p_value_matches_the_closed_form_and_refuses_degenerate_input():

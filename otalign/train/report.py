@@ -342,8 +342,8 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
             lines += ["CER change against plain CTC of the same seed (same initialisation and batch order), "
                       "in CER points, mean ± std over the paired seeds; negative is better. In brackets: the seeds on "
                       "which the system's CER is lower, and the two-sided p of a paired t-test (not corrected for "
-                      "the number of rows). A seed marked * paired runs of two kernel builds, which one seed does not make "
-                      "alike (docs/results_v1.md, on reproducibility):", ""] + paired + [""]
+                      "the number of rows). A seed marked * paired runs of two kernel builds, which one seed does not "
+                      "make alike (docs/results_v1.md, on reproducibility):", ""] + paired + [""]
         # the paper's second claim: uot beats balanced ot
         paired_ot = paired_table(systems, uot_systems(systems, order), baseline="ot")
         if paired_ot:

@@ -80,6 +80,15 @@ def benchmark_table(systems: dict[str, list[dict[str, Any]]], order: list[str]) 
     return lines
 
 
+def alignment_note(systems: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Says why the alignment columns are empty, so a '–' is not read as a failed measurement."""
+    transfer_runs = [r for runs in systems.values() for r in runs if r.get("aligner", "none") != "none"]
+    if not transfer_runs or any(r.get("alignment") for r in transfer_runs):
+        return []
+    return ["Alignment precision and recall are not scored on this benchmark: its test sets have no "
+            "ground-truth word timings (recorded speech), so the alignment columns are empty.", ""]
+
+
 def paired_p_value(diffs: list[float]) -> float:
     """Two-sided p of a paired t-test (mean difference 0); nan below 2 pairs or when every pair agrees exactly."""
     if len(diffs) < 2 or statistics.pstdev(diffs) == 0:
@@ -334,6 +343,7 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
             lines += ["No finished run yet.", ""]
             continue
         lines += benchmark_table(systems, order) + [""]
+        lines += alignment_note(systems)
         cost = cost_line(systems, order, total, int(spec.get("jobs", 1)))
         if cost:
             lines += [cost, ""]

@@ -267,3 +267,13 @@ def test_plot_rho_draws_one_file_and_needs_two_rhos(tmp_path):
     assert plot_rho(unscored, tmp_path / "b.png", "t") and (tmp_path / "b.png").exists()
     assert not plot_rho({"uot_rho0.1": systems["uot_rho0.1"]}, tmp_path / "c.png", "t")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_empty_alignment_columns_are_explained_only_when_no_transfer_run_was_scored():
+    from otalign.train.report import alignment_note
+
+    unscored = {"ctc": [{"aligner": "none", "alignment": {}}], "uot": [{"aligner": "uot", "alignment": {}}]}
+    assert "no ground-truth word timings" in alignment_note(unscored)[0]
+    scored = {**unscored, "ot": [{"aligner": "ot", "alignment": {"t": {"micro_precision": 0.1}}}]}
+    assert alignment_note(scored) == []
+    assert alignment_note({"ctc": unscored["ctc"]}) == []  # plain CTC alone aligns nothing to score

@@ -16,7 +16,8 @@ does what it does. They are not part of the grid: they run only when ``--only`` 
 the report lists them in a table of their own. ``jobs`` (default 1; ``--jobs`` overrides) runs
 that many runs at once, each in its own process with ``base.threads`` torch threads and its log in
 ``<exp_dir>/run.log``; conf/experiment.yaml sets one thread per run and one run per core.
-``budget_hours`` (optional) is the wall-clock the grid should fit in; the report compares it with
+Under torchrun every run trains on all ranks with DDP, one run at a time; rank 0 prepares the
+data, decodes, scores and writes. ``budget_hours`` (optional) is the wall-clock the grid should fit in; the report compares it with
 the time in which a grid run was going, from each result's ``started_at``/``finished_at`` (or, for
 results without them, the summed run times over ``jobs``).
 """
@@ -148,17 +149,35 @@ def prepare_data(spec: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- stage 2: one run
-def run_one(spec: dict[str, Any], bench: str, system: str, seed: int, config: TrainConfig) -> dict[str, Any]:
-    from otalign.data.manifest import read_manifest
-    from otalign.decode.recipe import decode_manifest
-    from otalign.train.checkpoint import rank_checkpoints, read_sidecars
-    from otalign.train.evaluate import alignment_metrics, load_trainable
-    from otalign.train.trainer import git_hash, run
+def run_one(spec: dict[str, Any], bench: str, system: str, seed: int,
+            config: TrainConfig) -> dict[str, Any] | None:
+    """Train one run (on every torchrun rank), then decode, score and write its result (rank 0).
+
+    Returns the result on rank 0 and None on the other ranks.
+    """
+    from otalign.train.trainer import barrier, git_hash, run, setup_distributed
 
     started = time.time()
     started_at = _utc_now()
     code_version = git_hash()  # at the start: the tree may change while a long run trains
     final = run(config, resume=True)
+    info = setup_distributed()
+    if not info.is_main:
+        barrier(info)  # rank 0 decodes and scores alone; wait so the next run starts together
+        return None
+    try:
+        return _evaluate_and_record(spec, bench, system, seed, config, final, started, started_at, code_version)
+    finally:
+        barrier(info)  # even when scoring failed: the other ranks must not wait for ever
+
+
+def _evaluate_and_record(spec: dict[str, Any], bench: str, system: str, seed: int, config: TrainConfig,
+                         final: Path, started: float, started_at: str, code_version: str) -> dict[str, Any]:
+    from otalign.data.manifest import read_manifest
+    from otalign.decode.recipe import decode_manifest
+    from otalign.train.checkpoint import rank_checkpoints, read_sidecars
+    from otalign.train.evaluate import alignment_metrics, load_trainable
+
     exp_dir = Path(config.exp_dir)
     sidecars = read_sidecars(exp_dir)
     tests: dict[str, Any] = {}
@@ -253,13 +272,17 @@ def _run_pending(spec: dict[str, Any], pending: list[tuple[str, str, int, TrainC
             failed.append(f"{name}: {type(exc).__name__}: {exc}{where}")
             print(f"[experiment] ({done}/{len(pending)}) FAILED {failed[-1]}", flush=True)
             return
+        if result is None:  # a torchrun rank other than 0: rank 0 reports
+            return
         cers = ", ".join(f"{k} CER {100 * v['cer']:.1f}%" for k, v in result["test"].items())
         print(f"[experiment] ({done}/{len(pending)}) finished {name} in {result['wall_s'] / 60:.1f} min: {cers}",
               flush=True)
 
     if jobs == 1:
         for done, run in enumerate(pending, 1):
-            print(f"[experiment] ({done}/{len(pending)}) {run[0]}/{run[1]}/seed{run[2]} -> {run[3].exp_dir}")
+            if _is_main_process():
+                print(f"[experiment] ({done}/{len(pending)}) {run[0]}/{run[1]}/seed{run[2]} -> {run[3].exp_dir}",
+                      flush=True)
             report(done, run, lambda: run_one(spec, *run))
     else:
         # spawn, not fork: forking a process whose torch has started its OpenMP threads can hang the child
@@ -294,27 +317,69 @@ def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bo
     wanted_seeds = {int(k) for k in seeds.split(",")} if seeds else None
     wanted_benchmarks = set(benchmarks.split(",")) if benchmarks else None
     if not report_only:
+        _run_missing(spec, runs, config_path, dry_run, wanted, wanted_seeds, wanted_benchmarks)
+        if dry_run:
+            return
+    report = spec.get("report")
+    if report and _is_main_process():
+        from otalign.train.report import write_report
+        write_report(spec, Path(report))
+
+
+def _run_missing(spec: dict[str, Any], runs: list[tuple[str, str, int, TrainConfig]], config_path: str | Path,
+                 dry_run: bool, wanted: set[str] | None, wanted_seeds: set[int] | None,
+                 wanted_benchmarks: set[str] | None) -> None:
+    """Stages 1 and 2 for the runs without a result, alone or on every rank of a torchrun job.
+
+    Under torchrun (``torchrun --nproc_per_node=N -m otalign.cli experiment ...``) each run trains
+    on all ranks with DDP, so runs go one at a time whatever ``jobs`` says; rank 0 prepares the
+    data, decides what is missing, decodes, scores and writes the results.
+    """
+    import torch.distributed as dist
+
+    from otalign.train.trainer import barrier, setup_distributed
+
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    info = setup_distributed()
+    say = print if info.is_main else (lambda *args, **kwargs: None)
+    try:
         pending = [(b, s, k, c) for b, s, k, c in runs
                    if not result_path(spec, b, s, k).exists() and (wanted is None or s in wanted)
                    and (wanted_seeds is None or k in wanted_seeds)
                    and (wanted_benchmarks is None or b in wanted_benchmarks)]
+        if info.world_size > 1:
+            # rank 0's view of results/ decides, so that every rank trains the same runs in the same order
+            todo = [[(b, s, k) for b, s, k, _ in pending]]
+            dist.broadcast_object_list(todo, src=0)
+            by_key = {(b, s, k): (b, s, k, c) for b, s, k, c in runs}
+            pending = [by_key[tuple(key)] for key in todo[0]]
+            if spec["jobs"] > 1:
+                say(f"[experiment] under torchrun each run trains on all {info.world_size} ranks: "
+                    f"runs go one at a time (jobs: {spec['jobs']} is not used)")
+                spec["jobs"] = 1
         grid_size = sum(1 for r in runs if r[1] in spec["systems"])
-        print(f"[experiment] {grid_size} runs in the grid (+{len(runs) - grid_size} attempts), {len(pending)} to do")
+        say(f"[experiment] {grid_size} runs in the grid (+{len(runs) - grid_size} attempts), {len(pending)} to do")
         for bench, system, seed, config in runs:
             path = result_path(spec, bench, system, seed)
-            if path.exists():
+            if path.exists() and info.is_main:
                 drift = config_drift(json.loads(path.read_text()).get("config", {}), config)
                 if drift:
-                    print(f"[experiment] WARNING: {path} was run with other settings than {config_path} now "
-                          f"gives '{system}' ({', '.join(drift)}); delete it to rerun")
+                    say(f"[experiment] WARNING: {path} was run with other settings than {config_path} now "
+                        f"gives '{system}' ({', '.join(drift)}); delete it to rerun")
         for bench, system, seed, _ in pending if dry_run else []:
-            print(f"  todo: {bench}/{system}/seed{seed}")
+            say(f"  todo: {bench}/{system}/seed{seed}")
         if dry_run:
             return
         if pending:
-            prepare_data(spec)
+            if info.is_main:
+                prepare_data(spec)
+            barrier(info)
         _run_pending(spec, pending, spec["jobs"])
-    report = spec.get("report")
-    if report:
-        from otalign.train.report import write_report
-        write_report(spec, Path(report))
+    finally:
+        if info.world_size > 1 and owns_group:
+            dist.destroy_process_group()
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process (the report is written once)."""
+    return int(os.environ.get("RANK", "0")) == 0

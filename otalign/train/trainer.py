@@ -291,7 +291,12 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
 
 # ----------------------------------------------------------------------------- the whole run
 def run(config: TrainConfig, resume: bool = False) -> Path:
-    """Train as configured; return the path of the averaged inference checkpoint (``avg.pt``)."""
+    """Train as configured; return the path of the averaged inference checkpoint (``avg.pt``).
+
+    Under torchrun every rank returns the path; only rank 0 writes it. A process group that the
+    caller set up (``otalign experiment`` trains many runs in one) is left for the caller to close.
+    """
+    owns_group = not (dist.is_available() and dist.is_initialized())
     info = setup_distributed()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -396,7 +401,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         writer.close()
         print(f"[train] averaged epochs {[m['epoch'] for m in best]} -> {final}")
     barrier(info)
-    if info.world_size > 1:
+    if info.world_size > 1 and owns_group:
         dist.destroy_process_group()
     return final
 

@@ -277,3 +277,26 @@ def test_empty_alignment_columns_are_explained_only_when_no_transfer_run_was_sco
     scored = {**unscored, "ot": [{"aligner": "ot", "alignment": {"t": {"micro_precision": 0.1}}}]}
     assert alignment_note(scored) == []
     assert alignment_note({"ctc": unscored["ctc"]}) == []  # plain CTC alone aligns nothing to score
+
+
+def test_the_grid_runs_unchanged_under_torchrun_with_each_run_on_both_ranks(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make test installs it)")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "otalign.cli", "experiment", "--config", str(ROOT / "conf/experiment_smoke.yaml"),
+               "--only", "uot_rho1", "--jobs", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "runs go one at a time" in done.stdout  # jobs 2 cannot mean two runs when each uses both ranks
+    assert done.stdout.count("finished synthetic/uot_rho1/seed0") == 1  # rank 0 reports, once
+    results = sorted((tmp_path / "exp/smoke/results/synthetic").glob("*.json"))
+    assert [p.name for p in results] == ["uot_rho1__seed0.json"]
+    uot = json.loads(results[0].read_text())
+    assert set(uot["test"]) == {"test_clean", "test_noisy"} and "test_noisy" in uot["alignment"]
+    trained = json.loads((tmp_path / "exp/smoke/runs/synthetic/uot_rho1__seed0/avg.json").read_text())
+    assert trained["world_size"] == 2
+    assert (tmp_path / "exp/smoke/results.md").exists()

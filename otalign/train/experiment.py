@@ -17,9 +17,9 @@ the report lists them in a table of their own. ``jobs`` (default 1; ``--jobs`` o
 that many runs at once, each in its own process with ``base.threads`` torch threads and its log in
 ``<exp_dir>/run.log``; conf/experiment.yaml sets one thread per run and one run per core.
 Under torchrun every run trains on all ranks with DDP, one run at a time; rank 0 prepares the
-data, decodes, scores and writes. ``budget_hours`` (optional) is the wall-clock the grid should fit in; the report compares it with
-the time in which a grid run was going, from each result's ``started_at``/``finished_at`` (or, for
-results without them, the summed run times over ``jobs``).
+data, decodes, scores and writes. ``budget_hours`` (optional) is the wall-clock the grid should
+fit in; the report compares it with the time in which a grid run was going, from each result's
+``started_at``/``finished_at`` (or, for results without them, the summed run times over ``jobs``).
 """
 
 from __future__ import annotations

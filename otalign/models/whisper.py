@@ -306,6 +306,21 @@ class WhisperAcousticEncoder(nn.Module):
             states, mask = self.forward_bottom(feats, feat_lengths)
         return self.forward_top(states, mask)
 
+    @torch.no_grad()
+    def bottom_numpy(self, feats: np.ndarray) -> np.ndarray:
+        """One utterance's log-mel ``(T, n_mels)`` -> bottom states ``(ceil(T/2), D)`` (for the cache)."""
+        states, _ = self.forward_bottom(torch.from_numpy(np.asarray(feats, np.float32))[None],
+                                        torch.tensor([feats.shape[0]]))
+        return states[0].numpy()
+
+    def make_bottom_cache(self, cache_dir, storage_dtype: str = "float16"):
+        """A :class:`otalign.data.whisper_cache.WhisperStateCache` of this encoder's frozen bottom."""
+        from otalign.data.whisper_cache import WhisperStateCache
+        from otalign.data.whisper_features import WhisperFrontend
+
+        return WhisperStateCache(cache_dir, self.cache_key(), self.bottom_numpy, WhisperFrontend(self.info.n_mels),
+                                 storage_dtype)
+
     def cache_key(self) -> dict:
         """Everything that determines ``forward_bottom``'s output (the frozen-bottom cache key)."""
         files = [{"path": p, "size": Path(p).stat().st_size, "mtime_ns": Path(p).stat().st_mtime_ns}

@@ -171,3 +171,43 @@ def test_input_longer_than_the_table_is_rejected(speech):
         enc(feats, torch.tensor([101]))
     with pytest.raises(ValueError, match="max_frames"):
         load_whisper_encoder("whisper-tiny.en", 3001)
+
+
+def test_bottom_cache_is_reused_only_under_its_own_configuration(speech, tmp_path):
+    import soundfile as sf
+
+    from otalign.data.manifest import Utterance
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, speech[1], 16000, subtype="FLOAT")
+    utt = Utterance(id="a", audio_filepath=str(wav), duration=speech[1].size / 16000, text="open the door please")
+    enc2, _ = load_whisper_encoder("whisper-tiny.en", 1000, freeze_layers=2)
+    cache = enc2.make_bottom_cache(tmp_path / "c", storage_dtype="float32")
+    s = cache.states(utt)
+    assert cache.misses == 1 and cache.states(utt) is not None and cache.hits == 1
+    np.testing.assert_allclose(s, enc2.bottom_numpy(WhisperFrontend(80)(speech[1], 16000)), atol=1e-6)
+    # another frozen depth, pooling, front end or storage dtype: another file, never the old one
+    enc3, _ = load_whisper_encoder("whisper-tiny.en", 1000, freeze_layers=3)
+    enc2p, _ = load_whisper_encoder("whisper-tiny.en", 1000, freeze_layers=2, pool=2)
+    base, _ = load_whisper_encoder("whisper-base", 1000, freeze_layers=2)
+    others = [enc3.make_bottom_cache(tmp_path / "c", "float32"), enc2p.make_bottom_cache(tmp_path / "c", "float32"),
+              base.make_bottom_cache(tmp_path / "c", "float32"), enc2.make_bottom_cache(tmp_path / "c", "float16")]
+    paths = {cache.path(utt)} | {c.path(utt) for c in others}
+    assert len(paths) == 5
+    s3 = others[0].states(utt)
+    assert others[0].misses == 1 and np.abs(s3 - s).max() > 1e-2
+    assert others[2].states(utt).shape[1] == 512
+    # a file at the right name but written under another key is recomputed, not reused
+    os.replace(others[0].path(utt), cache.path(utt))
+    np.testing.assert_allclose(enc2.make_bottom_cache(tmp_path / "c", "float32").states(utt), s, atol=1e-6)
+    # an edited audio file gets a new key
+    before = cache.path(utt)
+    sf.write(wav, speech[0], 16000, subtype="FLOAT")
+    assert cache.path(utt) != before
+    # top from cached states equals the whole encoder
+    feats = torch.from_numpy(WhisperFrontend(80)(speech[1], 16000))[None]
+    cached = torch.from_numpy(s)[None]
+    with torch.no_grad():
+        top, _ = enc2.forward_top(cached, torch.ones(1, cached.shape[1], dtype=torch.bool))
+        whole, _ = enc2(feats, torch.tensor([feats.shape[1]]))
+    torch.testing.assert_close(top, whole, atol=1e-5, rtol=1e-5)

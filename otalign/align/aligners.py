@@ -134,7 +134,7 @@ class OTAligner(Aligner):
         rho_frames: KL weight on the frame marginal for ``uot`` (ignored otherwise).
         partial_mass: total mass m in (0, 1] for ``partial``.
         order_weight: weight of the temporal-order cost for ``tot`` (``ot.temporal_order_cost``).
-        grad: ``unrolled`` or ``last_step`` (how the solver differentiates).
+        grad: ``implicit``, ``unrolled`` or ``last_step`` (how the solver differentiates; see ``otalign.ot.solve``).
         detach_plan: stop gradients through the plan (pooling still differentiates w.r.t. h).
         tol: optional early-stopping tolerance passed to the solver.
         min_token_mass: tokens with less column mass get a zero aligned vector.
@@ -166,8 +166,8 @@ class OTAligner(Aligner):
             raise ValueError(f"partial_mass must be in (0, 1], got {partial_mass}")
         if kind == "tot" and not order_weight >= 0:
             raise ValueError(f"order_weight must be >= 0, got {order_weight}")
-        if grad not in ("unrolled", "last_step"):
-            raise ValueError(f"grad must be 'unrolled' or 'last_step', got {grad!r}")
+        if grad not in ("implicit", "unrolled", "last_step"):
+            raise ValueError(f"grad must be 'implicit', 'unrolled' or 'last_step', got {grad!r}")
         self.kind, self.name = kind, kind
         self.eps, self.n_iter, self.grad, self.tol = float(eps), int(n_iter), grad, tol
         self.rho_frames = float(rho_frames)

@@ -212,8 +212,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"transfer.adapter_hidden must be >= 1 or null, got {hidden!r}")
     if config.transfer.loss not in {"cosine", "mse"}:
         raise ValueError(f"transfer.loss must be 'cosine' or 'mse', got '{config.transfer.loss}'")
-    if config.transfer.grad not in {"unrolled", "last_step"}:
-        raise ValueError(f"transfer.grad must be 'unrolled' or 'last_step', got '{config.transfer.grad}'")
+    if config.transfer.grad not in {"implicit", "unrolled", "last_step"}:
+        raise ValueError(f"transfer.grad must be 'implicit', 'unrolled' or 'last_step', got '{config.transfer.grad}'")
     if config.optim.schedule not in {"noam", "constant"}:
         raise ValueError(f"optim.schedule must be 'noam' or 'constant', got '{config.optim.schedule}'")
     if config.model.units not in {"char", "sentencepiece"}:

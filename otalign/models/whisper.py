@@ -372,3 +372,80 @@ def load_whisper_encoder(name: Literal["whisper-tiny.en", "whisper-base"], max_f
     model = WhisperAcousticEncoder(hf, info).eval()
     info.load_seconds = time.perf_counter() - t0
     return model, info
+
+
+def _decoder_state_dict(v: dict[str, np.ndarray], num_layers: int) -> dict[str, torch.Tensor]:
+    t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # noqa: E731
+    sd = {"embed_tokens.weight": v["decoder/embeddings/weight"],
+          "embed_positions.weight": v["decoder/position_encodings/encodings"],
+          "layer_norm.weight": v["decoder/layer_norm/gamma"], "layer_norm.bias": v["decoder/layer_norm/beta"]}
+    for i in range(num_layers):
+        p, h = f"decoder/layer_{i}", f"layers.{i}"
+        w, b = v[f"{p}/self_attention/linear_0/weight"], v[f"{p}/self_attention/linear_0/bias"]
+        (wq, wk, wv), (bq, _bk, bv) = np.split(w, 3, axis=0), np.split(b, 3)
+        ck, cv = np.split(v[f"{p}/attention/linear_1/weight"], 2, axis=0)
+        _cbk, cbv = np.split(v[f"{p}/attention/linear_1/bias"], 2)
+        sd.update({f"{h}.self_attn.q_proj.weight": wq, f"{h}.self_attn.q_proj.bias": bq,
+                   f"{h}.self_attn.k_proj.weight": wk, f"{h}.self_attn.v_proj.weight": wv,
+                   f"{h}.self_attn.v_proj.bias": bv,
+                   f"{h}.self_attn.out_proj.weight": v[f"{p}/self_attention/linear_1/weight"],
+                   f"{h}.self_attn.out_proj.bias": v[f"{p}/self_attention/linear_1/bias"],
+                   f"{h}.self_attn_layer_norm.weight": v[f"{p}/self_attention/layer_norm/gamma"],
+                   f"{h}.self_attn_layer_norm.bias": v[f"{p}/self_attention/layer_norm/beta"],
+                   f"{h}.encoder_attn.q_proj.weight": v[f"{p}/attention/linear_0/weight"],
+                   f"{h}.encoder_attn.q_proj.bias": v[f"{p}/attention/linear_0/bias"],
+                   f"{h}.encoder_attn.k_proj.weight": ck, f"{h}.encoder_attn.v_proj.weight": cv,
+                   f"{h}.encoder_attn.v_proj.bias": cbv,
+                   f"{h}.encoder_attn.out_proj.weight": v[f"{p}/attention/linear_2/weight"],
+                   f"{h}.encoder_attn.out_proj.bias": v[f"{p}/attention/linear_2/bias"],
+                   f"{h}.encoder_attn_layer_norm.weight": v[f"{p}/attention/layer_norm/gamma"],
+                   f"{h}.encoder_attn_layer_norm.bias": v[f"{p}/attention/layer_norm/beta"],
+                   f"{h}.fc1.weight": v[f"{p}/ffn/linear_0/weight"], f"{h}.fc1.bias": v[f"{p}/ffn/linear_0/bias"],
+                   f"{h}.fc2.weight": v[f"{p}/ffn/linear_1/weight"], f"{h}.fc2.bias": v[f"{p}/ffn/linear_1/bias"],
+                   f"{h}.final_layer_norm.weight": v[f"{p}/ffn/layer_norm/gamma"],
+                   f"{h}.final_layer_norm.bias": v[f"{p}/ffn/layer_norm/beta"]})
+    return {k: t(a) for k, a in sd.items()}
+
+
+def load_whisper_decoder(name: str, packages: Sequence[tuple[str, str]] | None = None):
+    """(transformers ``WhisperDecoder``, token ids dict, ct2 config dict): for checking transcripts only."""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperDecoder
+
+    files = resolve_whisper_files(name, packages)
+    _, v = read_ct2_variables(files["model_bin"], prefix="decoder/")
+    num_layers = len({k.split("/")[1] for k in v if k.split("/")[1].startswith("layer_") and k.split("/")[1][6:].isdigit()})
+    vocab, d_model = v["decoder/embeddings/weight"].shape
+    config = WhisperConfig(vocab_size=int(vocab), d_model=int(d_model), decoder_layers=num_layers,
+                           decoder_attention_heads=int(v["decoder/num_heads"]),
+                           decoder_ffn_dim=int(v["decoder/layer_0/ffn/linear_0/weight"].shape[0]),
+                           max_target_positions=int(v["decoder/position_encodings/encodings"].shape[0]),
+                           dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    dec = WhisperDecoder(config)
+    missing, unexpected = dec.load_state_dict(_decoder_state_dict(v, num_layers), strict=False)
+    if unexpected or [m for m in missing if not m.endswith("k_proj.bias")]:
+        raise ValueError(f"{name}: decoder conversion mismatch, missing {missing}, unexpected {unexpected}")
+    tok = json.loads(Path(files["tokenizer"]).read_text())
+    ids = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    return dec.eval(), ids, json.loads(Path(files["config"]).read_text())
+
+
+@torch.no_grad()
+def greedy_transcribe(decoder, states: torch.Tensor, prompt: list[int], eos: int, ct2_config: dict,
+                      max_tokens: int = 100) -> list[int]:
+    """Greedy decoding with CTranslate2's default suppression (its ``suppress_ids``, and
+    ``suppress_ids_begin`` at the first step); returns the generated ids without the prompt and EOS."""
+    ids = list(prompt)
+    out: list[int] = []
+    for step in range(max_tokens):
+        h = decoder(input_ids=torch.tensor([ids]), encoder_hidden_states=states).last_hidden_state[:, -1]
+        logits = h @ decoder.embed_tokens.weight.T
+        logits[0, ct2_config["suppress_ids"]] = -float("inf")
+        if step == 0:
+            logits[0, ct2_config["suppress_ids_begin"]] = -float("inf")
+        nxt = int(logits[0].argmax())
+        if nxt == eos:
+            break
+        ids.append(nxt)
+        out.append(nxt)
+    return out

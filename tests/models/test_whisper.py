@@ -211,3 +211,21 @@ def test_bottom_cache_is_reused_only_under_its_own_configuration(speech, tmp_pat
         top, _ = enc2.forward_top(cached, torch.ones(1, cached.shape[1], dtype=torch.bool))
         whole, _ = enc2(feats, torch.tensor([feats.shape[1]]))
     torch.testing.assert_close(top, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_transcripts_equal_ctranslate2(tiny, speech):
+    from otalign.models.whisper import greedy_transcribe, load_whisper_decoder
+
+    # Whisper's decoder expects 30 s-padded input (on cut input both runtimes fall into the same loop)
+    enc, info = load_whisper_encoder("whisper-tiny.en", None)
+    dec, ids, cfg = load_whisper_decoder("whisper-tiny.en")
+    prompt = [ids["<|startoftranscript|>"], ids["<|notimestamps|>"]]
+    ct2 = ctranslate2.models.Whisper(_ct2_dir("whisper-tiny.en", ""), device="cpu", compute_type="float32",
+                                     intra_threads=1)
+    for x in speech:
+        feats = WhisperFrontend(80)(np.concatenate([x, np.zeros(30 * 16000 - x.size, np.float32)]), 16000)
+        ours = greedy_transcribe(dec, torch.from_numpy(_encode(enc, feats))[None], prompt, ids["<|endoftext|>"], cfg)
+        ref = ct2.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats.T[None])), [prompt],
+                           beam_size=1)[0].sequences_ids[0]
+        print("tiny.en greedy:", ours)
+        assert len(ours) >= 3 and ours == ref

@@ -81,6 +81,7 @@ class TransportProblem:
     reference: str
     padded_rows: bool  # some row is masked (lets unpadded batches skip every masking pass)
     padded_cols: bool
+    max_scaled_cost: float  # max |C'| / eps over valid cells
 
     @property
     def cell_mask(self) -> Tensor:
@@ -100,11 +101,6 @@ class TransportProblem:
     @property
     def lam_cols(self) -> float:
         return 1.0 if math.isinf(self.rho_cols) else self.rho_cols / (self.rho_cols + self.eps)
-
-    @property
-    def max_scaled_cost(self) -> float:
-        """``max |C| / eps`` over the batch (for error messages)."""
-        return float(self.cost.detach().abs().amax()) / self.eps
 
     @property
     def reference_mass(self) -> Tensor:
@@ -810,22 +806,16 @@ def _partial_error(problem: TransportProblem, kernel: _StabilisedKernel, x: Tens
     return (row_marginal - after_rows).abs().sum(-1) + (col_marginal - after_cols).abs().sum(-1) + (row_marginal.sum(-1) - problem.partial_mass).abs()
 
 
-def _mass_term(problem: TransportProblem, plan: Tensor, phi: Tensor, psi: Tensor) -> Tensor:
-    """(B,) ``eps * (sum P - sum R)``. For large eps the two sums agree to many digits and their
-    difference, times eps, is rounding noise (-2.8e14 at eps = 1e30); there it is summed cellwise
-    as ``eps * R * expm1(log(P/R))`` with ``log(P/R) = phi + psi - C/eps`` from the cost itself."""
-    if problem.eps < 1.0:
-        return problem.eps * (plan.sum((-2, -1)) - problem.reference_mass)
-    log_ratio = phi[:, :, None] + psi[:, None, :] - problem.cost / problem.eps
-    if problem.reference == "product":
-        reference = problem.a[:, :, None] * problem.b[:, None, :]
-    else:
-        reference = problem.cell_mask.to(plan.dtype)
-    terms = torch.where(problem.cell_mask, reference * torch.expm1(log_ratio), 0.0)
-    return problem.eps * terms.sum((-2, -1))
+def _in_the_large_eps_limit(problem: TransportProblem) -> bool:
+    """``max |C| / eps`` below sqrt(machine epsilon): the kernel cannot resolve the cost any more
+    (``-C/eps`` is lost next to ``log R``), the potentials carry only rounding noise, and any
+    formula with ``eps * (something of order noise)`` in it (the dual's mass term, ``eps KL``)
+    returns noise times eps (-2.8e14 at eps = 1e30). There ``P = R (1 + O(C/eps))`` and the value
+    is ``<C, P> + O(|C|^2 / eps)``, i.e. ``<C, P>`` to ``sqrt(machine epsilon)`` relative."""
+    return problem.max_scaled_cost < math.sqrt(torch.finfo(problem.cost.dtype).eps)
 
 
-def _dual_value(problem: TransportProblem, mass_term: Tensor, f: Tensor, g: Tensor) -> Tensor:
+def _dual_value(problem: TransportProblem, total_mass: Tensor, f: Tensor, g: Tensor) -> Tensor:
     def conjugate_term(weights: Tensor, potential: Tensor, rho: float) -> Tensor:
         if math.isinf(rho):
             return (weights * potential).sum(-1)
@@ -833,7 +823,7 @@ def _dual_value(problem: TransportProblem, mass_term: Tensor, f: Tensor, g: Tens
             return torch.zeros_like(potential[:, 0])
         return -rho * (weights * torch.expm1(-potential / rho)).sum(-1)
 
-    return conjugate_term(problem.a, f, problem.rho_rows) + conjugate_term(problem.b, g, problem.rho_cols) - mass_term
+    return conjugate_term(problem.a, f, problem.rho_rows) + conjugate_term(problem.b, g, problem.rho_cols) - problem.eps * (total_mass - problem.reference_mass)
 
 
 # --------------------------------------------------------------------------------------------
@@ -977,12 +967,16 @@ def _make_problem(
         log_kernel = cost * (-1.0 / eps)  # fresh tensor: the in-place adds below are safe for autograd
         if reference == "product":
             log_kernel.add_(log_a[:, :, None]).add_(log_b[:, None, :])
-    # finite cost / eps can still overflow the dtype (1e36 / 0.05 in fp32): name it, don't NaN later
-    if not bool(torch.isfinite(log_kernel.detach().sum())):
-        bad = (~torch.isfinite(log_kernel.detach())).flatten(1).any(-1).nonzero().flatten().tolist()
-        if bad:
-            raise ValueError(f"cost / eps overflows {dtype} on batch item(s) {bad[:10]} (max |cost| = {float(cost.detach().abs().amax()):.3g}, eps = {eps:g}); rescale cost, raise eps or use float64")
-    return TransportProblem(cost, log_kernel, row_mask, col_mask, a, b, log_a, log_b, eps, rho_rows, rho_cols, partial_mass, reference, padded_rows, padded_cols)
+    # A finite cost / eps can still be beyond the dtype (1e36 / 0.05 in fp32): the log-domain
+    # iteration adds and subtracts numbers of size |C|/eps, so once |C|/eps * machine epsilon
+    # exceeds 1 the plan's entries are wrong by more than a factor e (or overflow to NaN).
+    max_scaled_cost = float(cost.detach().abs().amax()) / eps
+    if not max_scaled_cost * torch.finfo(dtype).eps <= 1.0:
+        scaled = cost.detach().abs().flatten(1).amax(-1) / eps
+        bad = (~(scaled * torch.finfo(dtype).eps <= 1.0)).nonzero().flatten().tolist()
+        raise ValueError(f"cost / eps overflows {dtype} on batch item(s) {bad[:10]}: max |cost| / eps = {max_scaled_cost:.3g}, "
+                         f"beyond the {1 / torch.finfo(dtype).eps:.2g} that {dtype} resolves; rescale cost, raise eps or use float64")
+    return TransportProblem(cost, log_kernel, row_mask, col_mask, a, b, log_a, log_b, eps, rho_rows, rho_cols, partial_mass, reference, padded_rows, padded_cols, max_scaled_cost)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1169,17 +1163,18 @@ def _result(problem: TransportProblem, steps, state, phi: Tensor, psi: Tensor, n
     plan = _plan(problem, phi, psi)
     f = _masked(problem.eps * phi, problem.row_mask, problem.padded_rows)
     g = _masked(problem.eps * psi, problem.col_mask, problem.padded_cols)
-    mass_term = _mass_term(problem, plan, phi, psi)
     with torch.no_grad():
         if problem.partial_mass is None:
             error = _unbalanced_error(problem, steps.kernel, phi.detach(), psi.detach())
         else:
             error = _partial_error(problem, steps.kernel, state.x.detach(), state.y.detach(), state.z.detach())
-    if problem.partial_mass is None:
-        value = _dual_value(problem, mass_term, f, g)
+    if _in_the_large_eps_limit(problem):
+        value = (problem.cost * plan).sum((-2, -1))
+    elif problem.partial_mass is None:
+        value = _dual_value(problem, plan.sum((-2, -1)), f, g)
     else:
         # <C,P> + eps KL(P|R) = <P, f ⊕ g> - eps (sum P - sum R), since eps log(P/R) = f + g - C
-        value = (plan.sum(-1) * f).sum(-1) + (plan.sum(-2) * g).sum(-1) - mass_term
+        value = (plan.sum(-1) * f).sum(-1) + (plan.sum(-2) * g).sum(-1) - _eps_mass(problem, plan)
     converged = error <= (tol if tol is not None else _DEFAULT_TOL[plan.dtype])
     if squeeze:
         plan, f, g, value, error, converged = plan[0], f[0], g[0], value[0], error[0], converged[0]
@@ -1189,4 +1184,4 @@ def _result(problem: TransportProblem, steps, state, phi: Tensor, psi: Tensor, n
 _GRADIENT_MODES = {"implicit": _run_implicit, "unrolled": _run_unrolled, "last_step": _run_last_step}
 _CHECK_EVERY = 10
 # ``converged`` without an explicit tol: the L1 optimality residual in units of mass
-_DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-9}
+_DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-6}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from otalign.data.features import GlobalCMVN, compute_fbank, load_audio, spec_augment, speed_perturb
+from otalign.data.features import GlobalCMVN, check_audio_file, compute_fbank, load_audio, spec_augment, speed_perturb
 from otalign.data.manifest import Utterance, read_manifest
 
 __all__ = ["SpeechDataset", "collate_batch", "BucketBatchSampler"]
@@ -72,7 +72,10 @@ class SpeechDataset(Dataset):
     def _cache_path(self, utt: Utterance, speed: float) -> Path | None:
         if self.cache_dir is None:
             return None
-        stat = os.stat(utt.audio_filepath)
+        try:
+            stat = os.stat(check_audio_file(utt.audio_filepath))
+        except ValueError as err:  # MissingAudio / EmptyAudio, named with the utterance
+            raise type(err)(f"utterance {utt.id!r}: {err}") from err
         key = f"{os.path.abspath(utt.audio_filepath)}|{stat.st_size}|{stat.st_mtime_ns}|{utt.offset}|{utt.duration}|{speed}"
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.cache_dir / digest[:2] / f"{digest}.npy"

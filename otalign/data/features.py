@@ -22,6 +22,11 @@ __all__ = [
     "FEATURE_SAMPLE_RATE",
     "NUM_MEL_BINS",
     "AudioError",
+    "MissingAudio",
+    "EmptyAudio",
+    "CorruptAudio",
+    "TruncatedAudio",
+    "MultichannelAudio",
     "load_audio",
     "resample",
     "compute_fbank",
@@ -38,16 +43,42 @@ FRAME_SHIFT_MS = 10.0
 
 
 class AudioError(ValueError):
-    """Audio that cannot be used: missing, unreadable, empty or not mono."""
+    """Audio that cannot be used: missing, unreadable, empty or not mono.
+
+    Callers classify a failure by its subclass (``category`` is the skip-count label), never by
+    the message text.
+    """
+
+    category = "unreadable audio"
+
+
+class MissingAudio(AudioError):
+    category = "missing audio"
+
+
+class EmptyAudio(AudioError):
+    category = "empty audio"
+
+
+class CorruptAudio(AudioError):
+    category = "unreadable audio"
+
+
+class TruncatedAudio(AudioError):
+    category = "truncated audio"
+
+
+class MultichannelAudio(AudioError):
+    category = "stereo audio"
 
 
 def check_audio_file(path: str | os.PathLike) -> str:
-    """The path as a string; ``AudioError`` naming it when it is missing or has 0 bytes."""
+    """The path as a string; ``MissingAudio``/``EmptyAudio`` naming it when missing or 0 bytes."""
     path = str(path)
     if not os.path.isfile(path):
-        raise AudioError(f"audio file {path} does not exist")
+        raise MissingAudio(f"audio file {path} does not exist")
     if os.path.getsize(path) == 0:
-        raise AudioError(f"audio file {path} is empty (0 bytes)")
+        raise EmptyAudio(f"audio file {path} is empty (0 bytes)")
     return path
 
 
@@ -69,16 +100,16 @@ def load_audio(path: str | os.PathLike, offset_s: float = 0.0, duration_s: float
         try:
             samples, sample_rate = _read_pyav(path, offset_s, duration_s)
         except Exception as av_error:
-            raise AudioError(f"audio file {path} is unreadable ({sf_error}; PyAV: {av_error})") from av_error
+            raise CorruptAudio(f"audio file {path} is unreadable ({sf_error}; PyAV: {av_error})") from av_error
     if samples.ndim == 2:
         if samples.shape[1] == 1:
             samples = samples[:, 0]
         elif allow_multichannel:
             samples = samples.mean(axis=1)
         else:
-            raise AudioError(f"audio file {path} has {samples.shape[1]} channels; only mono is accepted")
+            raise MultichannelAudio(f"audio file {path} has {samples.shape[1]} channels; only mono is accepted")
     if samples.size == 0:
-        raise AudioError(f"audio file {path} holds no samples")
+        raise EmptyAudio(f"audio file {path} holds no samples")
     return np.ascontiguousarray(samples, dtype=np.float32), int(sample_rate)
 
 

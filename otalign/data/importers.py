@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from otalign.data.features import AudioError, check_audio_file, load_audio
+from otalign.data.features import (AudioError, CorruptAudio, EmptyAudio, MultichannelAudio, TruncatedAudio,
+                                   check_audio_file, load_audio)
 from otalign.data.manifest import SkipCounter, Utterance, normalize_text, write_manifest
 
 __all__ = ["probe_audio", "import_kaldi", "import_librispeech", "import_aishell"]
@@ -44,20 +45,20 @@ def probe_audio(path: str | os.PathLike, allow_multichannel: bool = False) -> tu
         samples, sample_rate = load_audio(path, allow_multichannel=allow_multichannel)
         return samples.size / sample_rate, sample_rate
     if info.frames <= 0:
-        raise AudioError(f"audio file {path} holds no samples")
+        raise EmptyAudio(f"audio file {path} holds no samples")
     if info.channels != 1 and not allow_multichannel:
-        raise AudioError(f"audio file {path} has {info.channels} channels; only mono is accepted")
+        raise MultichannelAudio(f"audio file {path} has {info.channels} channels; only mono is accepted")
     try:
         # headers can lie (truncated files): read the last block to prove the data is there
         with sf.SoundFile(path) as f:
             f.seek(max(0, info.frames - 1024))
             tail = f.read(1024, dtype="float32")
         if len(tail) == 0:
-            raise AudioError(f"audio file {path} is truncated")
+            raise TruncatedAudio(f"audio file {path} is truncated")
     except AudioError:
         raise
     except Exception as err:
-        raise AudioError(f"audio file {path} is corrupt ({err})") from err
+        raise CorruptAudio(f"audio file {path} is corrupt ({err})") from err
     return info.frames / info.samplerate, info.samplerate
 
 
@@ -93,10 +94,7 @@ def _make_utterance(utt_id: str, audio_path: str, raw_text: str, speaker: str, c
     try:
         duration, sample_rate = probe_audio(audio_path, allow_multichannel)
     except AudioError as err:
-        message = str(err)
-        category = ("missing audio" if "does not exist" in message else "stereo audio" if "channels" in message
-                    else "empty audio" if "empty" in message or "no samples" in message else "unreadable audio")
-        counter.skip(where, message, category)
+        counter.skip(where, str(err), err.category)  # classified by type, not by message text
         return None
     if end is not None:
         if not (0.0 <= offset < end <= duration + 0.01):

@@ -108,6 +108,10 @@ def _make_utterance(utt_id: str, audio_path: str, raw_text: str, speaker: str, c
 
 def _finish(counter: SkipCounter, utterances: list[Utterance], out_manifest: str | os.PathLike) -> dict[str, Any]:
     counter.kept = len(utterances)
+    if not utterances:  # an empty manifest is never written: it would train or score on nothing
+        details = ", ".join(f"{k}: {v}" for k, v in sorted(counter.counts.items())) or "nothing found"
+        raise ValueError(f"{counter.source}: every utterance was skipped ({len(counter.skipped)} skipped; "
+                         f"{details}); no manifest written to {out_manifest}")
     write_manifest(out_manifest, utterances)
     summary_line = counter.summary()
     print(summary_line)

@@ -63,3 +63,15 @@ def test_decode_of_a_missing_wav_names_the_utterance_not_a_raw_file_not_found(tm
                "--out", str(tmp_path / "out"), "--feature-cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert rc == 2 and "utt-gone" in err and "gone.wav" in err and "Traceback" not in err
+
+
+def test_prepare_with_every_utterance_skipped_fails_and_writes_no_manifest(tmp_path, capsys):
+    src = tmp_path / "kaldi"
+    src.mkdir()
+    (src / "empty.wav").write_bytes(b"")
+    (src / "wav.scp").write_text("empty empty.wav\nmissing missing.wav\n")
+    (src / "text").write_text("empty hello\nmissing hello\n")
+    rc = main(["prepare", "kaldi", str(src), str(tmp_path / "out.jsonl")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "kaldi" in err and str(src) in err and "empty audio: 1" in err and "missing audio: 1" in err
+    assert not (tmp_path / "out.jsonl").exists()

@@ -261,6 +261,7 @@ def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, m
         cost = _costs(n_rows, n_cols)
         contenders = [
             ("otalign eager (fwd)", otalign_forward(cost, iterations)),
+            ("otalign fwd+bwd implicit", otalign_forward_backward(cost, iterations, "implicit")),
             ("otalign fwd+bwd unrolled", otalign_forward_backward(cost, iterations, "unrolled")),
             ("otalign fwd+bwd last_step", otalign_forward_backward(cost, iterations, "last_step")),
             ("POT loop sinkhorn_unbalanced", pot_loop(cost, iterations)),
@@ -316,7 +317,7 @@ def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, m
         if ott_version is None:
             lines.append(f"| {size[0]}×{size[1]} | OTT-JAX jit(vmap) | not installed | | | | |")
         forward = by_name.get("otalign eager (fwd)")
-        for mode in ("unrolled", "last_step"):
+        for mode in ("implicit", "unrolled", "last_step"):
             both = by_name.get(f"otalign fwd+bwd {mode}")
             if forward and both:
                 lines.append(f"| {size[0]}×{size[1]} | otalign (fwd+bwd {mode}) / fwd | | | | {ratio(both, forward)} | |")
@@ -338,8 +339,9 @@ def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, m
             return f"- {label}: {shown} → {verdict}"
 
         forward_name = "otalign eager (fwd)"
-        target_lines.append(judged("forward ≤ 0.1× POT loop", forward_name, "POT loop sinkhorn_unbalanced", 0.1))
+        target_lines.append(judged("forward ≤ 0.05× POT loop (issue 16)", forward_name, "POT loop sinkhorn_unbalanced", 0.05))
         target_lines.append(judged("forward ≤ 0.7× OTT-JAX jit(vmap)", forward_name, "OTT-JAX jit(vmap)", 0.7))
+        target_lines.append(judged("forward+backward (implicit, exact) ≤ 2× forward (issue 16)", "otalign fwd+bwd implicit", forward_name, 2.0))
         for mode in ("unrolled", "last_step"):
             target_lines.append(judged(f"forward+backward ({mode}) ≤ 3× forward", f"otalign fwd+bwd {mode}", forward_name, 3.0))
 
@@ -348,7 +350,7 @@ def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, m
     if memory:
         mem_lines = ["| T×N | grad mode | 50 iterations (MiB) | 200 iterations (MiB) |", "|---|---|---|---|"]
         for n_rows, n_cols in [sizes[-1]]:
-            for grad in ("unrolled", "last_step"):
+            for grad in ("implicit", "unrolled", "last_step"):
                 values = [peak_memory_mib(n_rows, n_cols, iters, grad) for iters in (50, 200)]
                 mem_lines.append(f"| {n_rows}×{n_cols} | {grad} | {values[0]:.1f} | {values[1]:.1f} |")
                 memory_values[grad] = values
@@ -360,11 +362,12 @@ def run_benchmark(sizes: list[tuple[int, int]], iterations: int, repeats: int, m
         import jax
 
         versions += f" (jax {jax.__version__})"
-    if "last_step" in memory_values:
-        small, large = memory_values["last_step"]
-        # page-granular RSS: allow 5% or 1 MiB of allocator noise
-        flat = large <= small * 1.05 + 1.0
-        target_lines.append(f"- last_step peak memory does not grow with iterations: {small:.1f} MiB at 50, {large:.1f} MiB at 200 → {'met' if flat else 'NOT met'}")
+    for grad in ("implicit", "last_step"):
+        if grad in memory_values:
+            small, large = memory_values[grad]
+            # page-granular RSS: allow 5% or 1 MiB of allocator noise
+            flat = large <= small * 1.05 + 1.0
+            target_lines.append(f"- {grad} peak memory does not grow with iterations: {small:.1f} MiB at 50, {large:.1f} MiB at 200 → {'met' if flat else 'NOT met'}")
     parts = [table]
     if target_lines:
         parts += ["", "Targets (issue 2), from this run:", ""] + target_lines

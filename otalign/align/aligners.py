@@ -29,8 +29,9 @@ The division is guarded: a token whose column mass is below ``min_token_mass`` (
 under ``partial``, or on padding) gets the zero vector and no gradient through the ratio.
 
 Gradients: by default they flow through both ``h`` in the pooling and the plan ``P(C(h))``
-(``grad="unrolled"`` back-propagates through every solver iteration, ``grad="last_step"`` only
-through the last one, which is cheaper and, at convergence, the envelope-theorem gradient).
+(``grad="implicit"``, the default, differentiates the converged plan exactly through the adjoint
+of the fixed point; ``grad="unrolled"`` back-propagates through every solver iteration;
+``grad="last_step"`` only through the last one, a biased approximation: see ``otalign.ot.solve``).
 ``detach_plan=True`` treats the plan as a constant weighting (gradients reach ``h`` only through
 the pooling); that is the cheapest and the most stable option, at the price of not teaching the
 encoder to make the alignment itself sharper.
@@ -148,7 +149,7 @@ class OTAligner(Aligner):
         rho_frames: float = 1.0,
         partial_mass: float = 0.7,
         order_weight: float = 1.0,
-        grad: str = "unrolled",
+        grad: str = "implicit",
         detach_plan: bool = False,
         tol: float | None = None,
         min_token_mass: float = 1e-8,

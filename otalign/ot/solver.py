@@ -129,16 +129,19 @@ class TransportResult:
               Equal to the primal objective at convergence (see ``primal_value``), and by the
               envelope theorem ``d value / d C = P`` there.
             - partial: the primal ``<C,P> + eps * KL(P | R)`` of the returned plan.
-        error: (B,) L1 optimality residual of the marginals of the returned plan.
+        error: (B,) L1 optimality residual, in units of mass.
             - balanced / unbalanced: ``|P1 - a*exp(-f/rho_rows)|_1 + |P^T1 - b*exp(-g/rho_cols)|_1``
-              (``exp(-f/inf) = 1``: a hard marginal's violation). It is 0 exactly at the fixed
-              point (the first-order condition of the KL-relaxed marginal is
-              ``P1 = a * exp(-f/rho)``).
-            - partial: the constraint violation
-              ``|(P1 - a)_+|_1 + |(P^T1 - b)_+|_1 + |sum P - m|``.
+              (``exp(-f/inf) = 1``: a hard marginal's violation), at the translated potentials
+              (see ``solve``), so it is as small as the plan's error: about 25-30x the largest
+              plan-entry error at eps 0.05, rho 0.3-3. It is 0 exactly at the fixed point (the
+              first-order condition of the KL-relaxed marginal is ``P1 = a * exp(-f/rho)``).
+            - partial: the KKT residual of ``_partial_error`` (capacity, complementary slackness
+              and mass), not feasibility alone.
         n_iter: number of iterations run (a row update plus a column update, plus the mass step
             for partial OT, is one iteration).
-        converged: (B,) bool, ``error <= tol`` (with ``tol=None``: 1e-9 in fp64, 1e-5 otherwise).
+        converged: (B,) bool, ``error <= tol`` (with ``tol=None``: 1e-6 in fp64, 1e-5 in fp32;
+            at eps 0.05, rho 3 in fp64 that is True once every plan entry is within 1e-8 and
+            never while the value is off by more than 1e-6, ``tests/ot/test_optimality.py``).
         problem: the validated batched problem (used by the derived properties).
     """
 
@@ -1076,11 +1079,11 @@ def solve(
     Padding costs nothing in accuracy: each batch item gives the plan POT gives on its unpadded
     slice.
 
-    Precision: fp64 plans agree with a certified Newton solver to ~1e-10 at convergence. fp32 is
-    stable (no NaN/Inf at any eps) but not exact at small eps: measured against fp64 on random
-    costs in [0, 2], the largest plan difference is ~1e-6 at eps 0.1, ~1e-5 at eps 0.05 and up
-    to ~1e-2 at eps < 0.01 (``bench/solver_accuracy.py``); use float64 when eps is small and
-    the plan itself matters.
+    Precision: fp64 plans agree with a certified Newton solver to ~1e-10 at convergence (an
+    independent audit). fp32 is stable (no NaN/Inf at any eps) but not exact: on uniform costs in
+    [0, 2] (semi-relaxed, rho 0.3) the largest plan difference to fp64 measured 6e-9 at eps 0.1
+    and 5e-7 at eps 0.001 (``bench/solver_gradients.py``), but the audit found up to 1.1e-2 at
+    eps < 0.01 on other problems: use float64 when eps is small and the plan itself matters.
 
     Args:
         cost: (B,T,N) or (T,N) float32/float64 cost. Values on padded cells are ignored (may be
@@ -1117,10 +1120,11 @@ def solve(
             - ``"last_step"``: a biased approximation, kept for comparison. Iterations 1..n-1
               run without autograd and only the last one is differentiated: the first term of
               the implicit gradient's Neumann series. Its bias does not shrink with more
-              iterations: the relative error of ``d<W,P>/dC`` was 6-11% at eps 0.05 with
-              cosine costs and 31-61% on uniform random costs, at 30 and at 4,000 iterations;
-              for partial OT even the gradient of ``value`` is off (64%), since the envelope
-              argument does not hold for its primal value (``bench/solver_gradients.py``).
+              iterations: the relative error of ``d<W,P>/dC`` at eps 0.05 measured 9-21% on
+              cosine costs and 7-28% on uniform costs (rho 0.03-3), identical at 30 and 4,000
+              iterations (``bench/solver_gradients.py``; an audit found 6-11% and 31-61%). For
+              partial OT even the gradient of ``value`` is off (64% in the audit), since the
+              envelope argument does not hold for its primal value.
 
     Returns:
         :class:`TransportResult` (batch dimension dropped for a 2-D ``cost``).

@@ -60,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from otalign.train.config import load_config
     from otalign.train.trainer import run
     config = load_config(args.config, args.set)
-    run(config, resume=args.resume)
+    run(config, resume=args.resume, overwrite=args.overwrite, force=args.force,
+        progress=False if args.no_progress else None)
     return 0
 
 
@@ -116,12 +117,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from otalign.train.demo import run_demo
-    return run_demo(args.out, corpus=args.corpus)
+    return run_demo(args.out, corpus=args.corpus, progress=False if args.no_progress else None)
 
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from otalign import __version__
+
     parser = argparse.ArgumentParser(prog="otalign", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"otalign {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="synthesize an English corpus with ground-truth word timings (eSpeak NG)")
@@ -153,7 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML recipe, e.g. conf/demo.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set transfer.rho_frames=0.5 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest epoch_N.pt in exp_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in exp_dir from its newest readable epoch_N.pt; refused if the config "
+                        "differs in a key that changes the model or data (the keys are named)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="exp_dir holds an earlier run: delete its checkpoints, avg.pt, cmvn.json, config and "
+                        "tensorboard logs first (nothing outside exp_dir, no other file in it)")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: resume although the config differs (the differences are recorded in "
+                        "config.history.yaml)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (also: OTALIGN_PROGRESS=0; they are off when stderr is not a terminal)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("decode", help="CTC decoding and CER/WER scoring")
@@ -171,24 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("align", help="alignment-as-detection metrics, heatmaps and precision-recall sweeps")
     p.add_argument("--ckpt", help="a training checkpoint (epoch_N.pt) whose adapter gives the acoustic states")
     p.add_argument("--data", help="manifest with ground-truth word spans")
-    p.add_argument("--out", required=True)
-    p.add_argument("--aligners", default="ot,tot,uot,partial")
+    p.add_argument("--out", required=True, help="directory for the metrics (JSON, CSV), heatmaps and PR plots")
+    p.add_argument("--aligners", default="ot,tot,uot,partial",
+                   help="comma-separated aligners to compare: ot, tot, uot, partial")
     p.add_argument("--rho", default="0.003,0.01,0.03,0.1,0.3,1,10", help="comma-separated rho_frames values for uot")
     p.add_argument("--eps", default="0.02,0.05", help="comma-separated eps values")
     p.add_argument("--partial-mass", default="0.4,0.5,0.6,0.8", help="comma-separated total masses for partial")
     p.add_argument("--order-weight", default="0.1,1", help="comma-separated temporal-order weights for tot")
     p.add_argument("--num-heatmaps", type=int, default=2, help="utterances drawn as heatmaps")
     p.add_argument("--synthetic", action="store_true", help="the setting that needs no training")
-    p.add_argument("--num-utterances", type=int, default=32)
+    p.add_argument("--num-utterances", type=int, default=32,
+                   help="utterances evaluated (--synthetic: generated; --ckpt: the first N of --data)")
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("bench", help="benchmarks: solver | data | decode | train")
-    p.add_argument("what", choices=["solver", "data", "decode", "train"])
+    p.add_argument("what", choices=["solver", "data", "decode", "train"],
+                   help="which benchmark (bench/<what>.py; `otalign bench <what> --help` lists its options)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("experiment", help="the grid that tests the paper's claim; resumable")
-    p.add_argument("--config", default="conf/experiment.yaml")
+    p.add_argument("--config", default="conf/experiment.yaml",
+                   help="the grid: systems x seeds x benchmarks (conf/experiment_smoke.yaml is a 2-run version)")
     p.add_argument("--only", default=None, help="comma-separated system names to run")
     p.add_argument("--seeds", default=None, help="comma-separated seeds to run")
     p.add_argument("--benchmarks", default=None, help="comma-separated benchmark names to run")
@@ -198,21 +216,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("demo", help="the whole path on the embedded corpus: synth, train (uot), decode, score")
-    p.add_argument("--out", default="exp/demo")
+    p.add_argument("--out", default="exp/demo",
+                   help="the demo's own exp_dir: an interrupted demo resumes; a run there under another "
+                        "config is replaced (rerunning the demo always succeeds)")
     p.add_argument("--corpus", default="data/demo", help="where the demo corpus is (synthesized if absent)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (also: OTALIGN_PROGRESS=0; they are off when stderr is not a terminal)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """The error as one line: its message with newlines folded; an OSError as 'reason: file'."""
+    if isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.strerror or type(error).__name__}: {error.filename}"
+    else:
+        text = str(error).strip() or type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines)
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises: every ValueError (ConfigError, CheckpointError, ExpDirError, the data
+    layer's AudioError/ManifestError, UnicodeDecodeError), a missing/unreadable file, bad YAML."""
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                                         PermissionError]
+    try:
+        import yaml
+        errors.append(yaml.YAMLError)
+    except ImportError:  # pragma: no cover - yaml is a dependency
+        pass
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (see :func:`_bad_input_errors`) ends in ONE line on stderr,
+    ``otalign <cmd>: error: ...``, and exit status 2, never a Python traceback; an interrupt in 130.
+    Anything else is a bug and keeps its traceback."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as error:
-        print(f"otalign {args.command}: error: {error}", file=sys.stderr)
+    except _bad_input_errors() as error:
+        print(f"otalign {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"otalign {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-__all__ = ["plot_plan", "plot_aligner_panels", "plot_pr_curves"]
+__all__ = ["plot_plan", "plot_aligner_panels", "plot_pr_curves", "pr_figure"]
 
 _SHADE = {"silence": ("0.6", 0.25), "noise": ("tab:orange", 0.25)}
 
@@ -107,6 +107,11 @@ def _fmt(value: float) -> str:
 
 
 def plot_pr_curves(rows: Sequence[Mapping], path: str | Path, dpi: int = 90) -> Path:
+    """Draw :func:`pr_figure` of ``rows`` into ``path``."""
+    return _save(pr_figure(rows), path, dpi)
+
+
+def pr_figure(rows: Sequence[Mapping]):
     """Precision-recall over the sweep (rows of :func:`otalign.align.sweep.sweep`); writes ``path``.
 
     Left: precision against token recall. Middle: precision against coverage@0.5 (the stricter
@@ -115,7 +120,8 @@ def plot_pr_curves(rows: Sequence[Mapping], path: str | Path, dpi: int = 90) -> 
     single markers; one colour per eps; the dashed grey line is the speech fraction (where balanced
     OT's precision must sit); the dotted black line is the uniform plan's precision (chance level). Right: ``uot`` precision (solid), coverage (dashed), token recall
     (dash-dot) and mass on annotated nonspeech (dotted) against rho, log scale; the thin horizontal
-    line is balanced OT's precision at the same eps.
+    line is balanced OT's precision at the same eps. The legends sit below the panels, never on
+    a point: a trained model's points lie low (precision ~0.1), where a legend inside would hide them.
     """
     if not rows:
         raise ValueError("rows is empty")
@@ -126,7 +132,7 @@ def plot_pr_curves(rows: Sequence[Mapping], path: str | Path, dpi: int = 90) -> 
     epsilons = sorted({r["eps"] for r in rows})
     colors = {eps: plt.cm.viridis(k / max(len(epsilons) - 1, 1) * 0.85) for k, eps in enumerate(epsilons)}
     markers = {"ot": "s", "tot": "D", "uot": "o", "partial": "^"}
-    fig, (ax_pr, ax_cov, ax_rho) = plt.subplots(1, 3, figsize=(15.5, 4.8))
+    fig, (ax_pr, ax_cov, ax_rho) = plt.subplots(1, 3, figsize=(15.5, 6.0))
     for ax, recall_key, xlabel in ((ax_pr, "token_recall", "token recall (peak frame inside the word)"),
                                    (ax_cov, "coverage", "coverage@0.5 (>= half the token mass inside the word)")):
         for eps in epsilons:
@@ -158,7 +164,7 @@ def plot_pr_curves(rows: Sequence[Mapping], path: str | Path, dpi: int = 90) -> 
         ax.grid(alpha=0.3)
     ax_pr.set_title("precision vs token recall", fontsize=10)
     ax_cov.set_title("precision vs coverage@0.5", fontsize=10)
-    ax_pr.legend(fontsize=6, ncol=2, loc="lower left")
+    ax_pr.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(0.0, -0.14), borderaxespad=0.0)
     for eps in epsilons:
         uot = sorted([r for r in rows if r["aligner"] == "uot" and r["eps"] == eps and math.isfinite(r["rho_frames"])],
                      key=lambda r: r["rho_frames"])
@@ -184,8 +190,9 @@ def plot_pr_curves(rows: Sequence[Mapping], path: str | Path, dpi: int = 90) -> 
                (("-", "o", "precision"), ("--", "", "coverage@0.5"), ("-.", "", "token recall"),
                 (":", "", "mass on nonspeech"))]
     handles += [Line2D([], [], color=colors[eps], lw=3, label=f"eps={eps:g}") for eps in epsilons]
-    ax_rho.legend(handles=handles, fontsize=7, ncol=2, loc="center left")
-    return _save(fig, path, dpi)
+    ax_rho.legend(handles=handles, fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(0.0, -0.14),
+                  borderaxespad=0.0)
+    return fig
 
 
 def _save(fig, path: str | Path, dpi: int) -> Path:

@@ -39,10 +39,10 @@ def load_for_decoding(ckpt: str | os.PathLike) -> InferenceModel:
     ``dropout`` and ``overrides``), ``"tokenizer"`` and ``"cmvn"``; everything but the CTCModel
     is dropped.
     """
+    from otalign.models.export import CheckpointError, load_checkpoint
+
     p = Path(ckpt)
-    if not p.is_file():
-        raise ValueError(f"checkpoint {p} does not exist")
-    d = torch.load(p, map_location="cpu", weights_only=False)  # our own checkpoint: trusted
+    d = load_checkpoint(p)  # weights_only: a file from elsewhere cannot run code; damage is one line
     if isinstance(d, dict) and d.get("format") != FORMAT and "trainable" in d and "model_config" not in d:
         try:
             model_cfg = d["config"]["model"]
@@ -56,7 +56,7 @@ def load_for_decoding(ckpt: str | os.PathLike) -> InferenceModel:
             if "dropout" in model_cfg:
                 config["dropout"] = model_cfg["dropout"]
         except (KeyError, TypeError) as e:
-            raise ValueError(f"{p}: training checkpoint lacks {e} needed to rebuild the CTC model") from e
+            raise CheckpointError(f"checkpoint {p} is incomplete: it lacks {e} needed to rebuild the CTC model") from None
         d = {"model": d["trainable"], "model_config": config, "tokenizer": tokenizer, "cmvn": d.get("cmvn"),
              **{k: d[k] for k in ("git_hash", "config", "epoch") if k in d}}
     return inference_model_from_state(d, source=str(p))

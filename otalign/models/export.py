@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,56 @@ from otalign.models.asr import CTCModel
 from otalign.text.tokenizer import Tokenizer, tokenizer_from_dict
 
 FORMAT = "otalign-inference-v1"
+
+
+# What a training checkpoint (epoch_N.pt) must hold to be resumed or evaluated.
+TRAIN_KEYS = ("trainable", "optimizer", "scheduler", "epoch", "step", "config", "tokenizer")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, empty, truncated, foreign or incomplete (one line, names the file)."""
+
+
+def load_checkpoint(path: str | os.PathLike, require: tuple[str, ...] = (),
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load an otalign checkpoint safely: ``torch.load(weights_only=True)``, so a file from elsewhere
+    cannot run code, and every way a file can be wrong becomes one :class:`CheckpointError` line.
+
+    Accepted: a training checkpoint (``"trainable"``), an inference export (``"format"``) or the
+    exporter's input form (``"model"`` + ``"model_config"``). ``require`` names keys that must be there.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} is not a file")
+    size = p.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {p} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol warning on foreign pickles
+            d = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = str(error).split("Unsupported global:")[-1].split("\n")[0].strip(" .")
+        raise CheckpointError(f"checkpoint {p} holds objects other than tensors and plain containers "
+                              f"(refused: loading it could run code; {detail[:120]}); "
+                              f"it was not written by otalign") from None
+    except Exception as error:  # noqa: BLE001 - every torch.load failure is reported, as one line
+        is_zip = zipfile.is_zipfile(p)
+        if is_zip or "zip archive" in str(error) or "central directory" in str(error):
+            what = "truncated or damaged (incomplete zip archive)" if not is_zip else f"damaged ({type(error).__name__})"
+        else:
+            what = f"not a PyTorch checkpoint ({type(error).__name__} reading it)"
+        raise CheckpointError(f"checkpoint {p} ({size} bytes) is {what}") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"checkpoint {p} is not an otalign checkpoint (it holds a {type(d).__name__}, not a dict)")
+    if not ("trainable" in d or d.get("format") == FORMAT or {"model", "model_config"} <= set(d)):
+        raise CheckpointError(f"checkpoint {p} is not an otalign checkpoint (keys: {sorted(map(str, d))[:8]})")
+    missing = [k for k in require if k not in d]
+    if missing:
+        raise CheckpointError(f"checkpoint {p} is incomplete: it lacks {', '.join(map(repr, missing))}")
+    return d
 
 
 # Checkpoint entries copied into "meta" (small, and useful to the results header).
@@ -107,24 +159,28 @@ def export_inference_model(ckpt_state: dict[str, Any], path: str | os.PathLike) 
 def load_inference_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> InferenceModel:
     """Load an exported model (or a training checkpoint in the exporter's input form)."""
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"inference model {p} does not exist")
-    try:
-        d = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # A checkpoint of ours holding a non-tensor object (e.g. numpy CMVN stats): trusted input.
-        d = torch.load(p, map_location="cpu", weights_only=False)
-    return inference_model_from_state(d, source=str(p), device=device)
+    return inference_model_from_state(load_checkpoint(p), source=str(p), device=device)
 
 
 def inference_model_from_state(d: Any, source: str = "<dict>", device: str | torch.device = "cpu") -> InferenceModel:
     """Build the model from an exported dict, or from the exporter's input form."""
     if isinstance(d, dict) and d.get("format") != FORMAT and {"model", "model_config", "tokenizer"} <= set(d):
-        d = inference_state(d)
+        try:
+            d = inference_state(d)
+        except ValueError as error:
+            raise CheckpointError(f"{source}: {error}") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ValueError(f"{source} is not an otalign inference model (format {d.get('format') if isinstance(d, dict) else None!r})")
-    model = CTCModel(**d["model_config"])
-    model.load_state_dict(d["state_dict"], strict=True)
+        raise CheckpointError(f"{source} is not an otalign inference model "
+                              f"(format {d.get('format') if isinstance(d, dict) else None!r})")
+    missing = [k for k in ("model_config", "state_dict", "tokenizer") if k not in d]
+    if missing:
+        raise CheckpointError(f"{source} is incomplete: it lacks {', '.join(map(repr, missing))}")
+    try:
+        model = CTCModel(**d["model_config"])
+        model.load_state_dict(d["state_dict"], strict=True)
+    except (RuntimeError, TypeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{source}: its weights do not fit its model_config ({first[:200]})") from None
     model.to(device).eval()
     return InferenceModel(model, tokenizer_from_dict(d["tokenizer"], source=source), d["model_config"],
                           d.get("cmvn"), d.get("meta"))

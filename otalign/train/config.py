@@ -93,8 +93,10 @@ class TransferConfig:
     """Strength of the temporal-order cost term for 'tot'."""
     n_iter: int = 50
     """Sinkhorn iterations per batch."""
-    grad: str = "last_step"
-    """Solver gradient mode: 'unrolled' or 'last_step' (memory independent of n_iter)."""
+    grad: str = "implicit"
+    """Solver gradient mode (``otalign.ot.solve``): 'implicit' (exact at convergence, memory
+    independent of n_iter; fwd+bwd 1.9x forward at 250x30, 30 iterations, about what 'last_step'
+    costs: docs/benchmarks.md), 'unrolled', or 'last_step' (biased by 9-21% at eps 0.05)."""
 
 
 @dataclass
@@ -129,32 +131,85 @@ class TrainConfig:
     """torch intra-op threads per process (0 = leave torch's default)."""
 
 
-def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+class ConfigError(ValueError):
+    """A config value, key or file that the schema rejects; the message names the key (or file and line)."""
+
+
+def _from_dict(cls: type, values: dict[str, Any] | None, where: str) -> Any:
+    if values is None and where:  # an empty YAML section ("data:") keeps the defaults
+        values = {}
     if not isinstance(values, dict):
-        raise ValueError(f"config section '{where or 'root'}' must be a mapping, got {type(values).__name__}")
+        raise ConfigError(f"config section '{where or 'root'}' must be a mapping, got {type(values).__name__} "
+                          f"{values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        path = f"{where}.{key}" if where else key
+        path = f"{where}.{key}" if where else str(key)
         if key not in known:
-            raise ValueError(f"unknown config key '{path}' (known in '{where or 'root'}': {sorted(known)})")
+            raise ConfigError(f"unknown config key '{path}' (known in '{where or 'root'}': {sorted(known)})")
         sub = _SECTIONS.get(known[key].name) if cls is TrainConfig else None
         kwargs[key] = _from_dict(sub, value, path) if sub is not None else _coerce(known[key], value, path)
     return cls(**kwargs)
 
 
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, str) else f"the string {value!r}"
+
+
 def _coerce(spec: dataclasses.Field, value: Any, path: str) -> Any:
-    """Match a YAML scalar to the field's type ('1e-4' is a string to YAML 1.1, an int to a float field)."""
-    annotation = str(spec.type)
-    try:
-        if annotation == "float" and isinstance(value, (int, str)) and not isinstance(value, bool):
-            return float(value)
-        if annotation == "int" and isinstance(value, str):
-            return int(value)
-    except ValueError:
-        raise ValueError(f"config key '{path}' expects {annotation}, got {value!r}") from None
-    if annotation == "bool" and not isinstance(value, bool):
-        raise ValueError(f"config key '{path}' expects true/false, got {value!r}")
+    """Check a YAML value against the field's annotation, converting only where nothing is lost
+    ('1e-4' is a string to YAML 1.1, an int goes into a float field, 3.0 into an int field)."""
+    annotation = str(spec.type).replace(" ", "")
+    if annotation.endswith("|None"):
+        if value is None:
+            return None
+        annotation = annotation[: -len("|None")]
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"config key '{path}' expects a number, got {_describe(value)}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"config key '{path}' expects a number, got {_describe(value)}") from None
+        if math.isnan(number):
+            raise ConfigError(f"config key '{path}' expects a number, got nan")
+        return number
+    if annotation == "int":
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"config key '{path}' expects an integer, got {_describe(value)}") from None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{path}' expects an integer, got {_describe(value)}")
+        return value
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{path}' expects true/false, got {_describe(value)}")
+        return value
+    if annotation == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"config key '{path}' expects a non-empty string, got {_describe(value)}")
+        return value
+    if annotation == "list[str]":
+        if not isinstance(value, list):
+            hint = f"; write [{value}] for a list of one" if isinstance(value, str) else ""
+            raise ConfigError(f"config key '{path}' expects a list of strings, got {_describe(value)}{hint}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                raise ConfigError(f"config key '{path}[{index}]' expects a non-empty string, got {_describe(item)}")
+        return list(value)
+    if annotation.startswith("dict["):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{path}' expects a mapping, got {_describe(value)}")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"config key '{path}' expects string keys, got {_describe(key)}")
+            if annotation == "dict[str,str]" and (not isinstance(item, str) or not item.strip()):
+                raise ConfigError(f"config key '{path}.{key}' expects a non-empty string, got {_describe(item)}")
+        return dict(value)
     return value
 
 
@@ -162,8 +217,12 @@ _SECTIONS = {"data": DataConfig, "model": ModelConfig, "teacher": TeacherConfig,
              "transfer": TransferConfig, "optim": OptimConfig}
 
 
-def _parse_value(text: str) -> Any:
-    value = yaml.safe_load(text)
+def _parse_value(text: str, dotted: str = "") -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"--set {dotted}: the value {text!r} is not valid YAML ({problem})") from None
     if isinstance(value, str) and value.lower() in {"inf", "+inf", "infinity"}:
         return math.inf
     return value
@@ -173,16 +232,42 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """Apply ``a.b=c`` overrides (values parsed as YAML) to a raw config mapping."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got '{item}'")
+            raise ConfigError(f"--set expects key=value, got '{item}'")
         dotted, text = item.split("=", 1)
         keys = dotted.strip().split(".")
+        if not all(k.strip() for k in keys):
+            raise ConfigError(f"--set expects key=value with a dotted key, got '{item}'")
         node = raw
         for key in keys[:-1]:
-            node = node.setdefault(key, {})
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
             if not isinstance(node, dict):
-                raise ValueError(f"--set {dotted}: '{key}' is not a section")
-        node[keys[-1]] = _parse_value(text)
+                raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+        node[keys[-1]] = _parse_value(text, dotted)
     return raw
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content ({} when empty); a missing, unreadable or malformed file is one
+    :class:`ConfigError` naming the file and, for bad YAML, the line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.start})") from None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        context = getattr(error, "context", None)
+        raise ConfigError(f"config file {path}: invalid YAML{where}: {problem}"
+                          + (f" ({context})" if context else "")) from None
+    return {} if value is None else value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -190,38 +275,156 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path)
         if not isinstance(raw, dict):
-            raise ValueError(f"config file {path} must hold a mapping at the top level")
+            raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [])
     config = _from_dict(TrainConfig, raw, "")
     validate(config)
     return config
 
 
+# Range of every numeric key: (low, high, low_inclusive, high_inclusive, infinity_allowed).
+# Types are checked when the config is built (_coerce); these ranges by validate(), so a config
+# built in Python is checked the same way. Both run before any feature or PLM caching.
+_RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
+    "seed": (0, 2**31 - 1, True, True, False),
+    "keep_checkpoints": (0, math.inf, True, False, False),
+    "average_best": (1, math.inf, True, False, False),
+    "log_every": (1, math.inf, True, False, False),
+    "threads": (0, 4096, True, True, False),
+    "data.max_batch_seconds": (0, math.inf, False, False, False),
+    "model.dropout": (0, 1, True, False, False),
+    "model.sentencepiece_vocab": (2, math.inf, True, False, False),
+    "transfer.weight": (0, math.inf, True, False, False),
+    "transfer.quantity_weight": (0, math.inf, True, False, False),
+    "transfer.weight_warmup_epochs": (0, math.inf, True, False, False),
+    "transfer.adapter_hidden": (1, math.inf, True, False, False),
+    "transfer.eps": (0, math.inf, False, False, False),
+    "transfer.rho_frames": (0, math.inf, False, True, True),
+    "transfer.partial_mass": (0, 1, False, True, False),
+    "transfer.order_weight": (0, math.inf, True, False, False),
+    "transfer.n_iter": (1, 100_000, True, True, False),
+    "optim.epochs": (1, 100_000, True, True, False),
+    "optim.lr": (0, math.inf, False, False, False),
+    "optim.warmup_steps": (0, math.inf, True, False, False),
+    "optim.weight_decay": (0, math.inf, True, False, False),
+    "optim.grad_clip": (0, math.inf, False, False, False),
+    "optim.max_bad_batches": (1, math.inf, True, False, False),
+}
+
+
+def _get(config: TrainConfig, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _check_range(key: str, value: Any) -> None:
+    if value is None:  # the optional keys (adapter_hidden)
+        return
+    low, high, low_in, high_in, inf_ok = _RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config key '{key}' expects a number, got {_describe(value)}")
+    if math.isnan(value) or (math.isinf(value) and not inf_ok):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+    if math.isinf(value) and inf_ok and value > 0:
+        return
+    above = value >= low if low_in else value > low
+    below = value <= high if high_in else value < high
+    if not (above and below):
+        lo = f"{'>=' if low_in else '>'} {low:g}"
+        hi = "" if math.isinf(high) else f" and {'<=' if high_in else '<'} {high:g}"
+        raise ConfigError(f"config key '{key}' must be {lo}{hi}, got {value}")
+
+
+def _check_model_overrides(config: TrainConfig) -> None:
+    from otalign.models.asr import PRESETS
+
+    if config.model.preset not in PRESETS:
+        raise ConfigError(f"config key 'model.preset' must be one of {sorted(PRESETS)}, got '{config.model.preset}'")
+    preset = PRESETS[config.model.preset]
+    for key, value in config.model.overrides.items():
+        if key not in preset:
+            raise ConfigError(f"unknown config key 'model.overrides.{key}' (known for preset "
+                              f"'{config.model.preset}': {sorted(preset)})")
+        if key == "dropout":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ConfigError(f"config key 'model.overrides.dropout' must be >= 0 and < 1, got {value!r}")
+        elif key == "subsampling_channels" and value is None:
+            continue
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config key 'model.overrides.{key}' must be an integer >= 1, got {value!r}")
+    arch = {**preset, **config.model.overrides}
+    if arch["d_model"] % arch["num_heads"]:
+        raise ConfigError(f"config key 'model.overrides': d_model={arch['d_model']} is not divisible by "
+                          f"num_heads={arch['num_heads']}")
+    if arch["conv_kernel"] % 2 == 0:
+        raise ConfigError(f"config key 'model.overrides.conv_kernel' must be odd, got {arch['conv_kernel']}")
+
+
 def validate(config: TrainConfig) -> None:
+    """Check every key's type and range; raises :class:`ConfigError` naming the first bad key.
+
+    Cheap (no file is opened), so ``run()`` calls it again before any expensive work."""
+    for section, cls in [("", TrainConfig), *_SECTIONS.items()]:
+        node = config if not section else getattr(config, section)
+        if not isinstance(node, cls):
+            raise ConfigError(f"config section '{section}' must be a mapping, got {_describe(node)}")
+        for spec in dataclasses.fields(cls):
+            if spec.name in _SECTIONS and not section:
+                continue
+            key = f"{section}.{spec.name}" if section else spec.name
+            _coerce(spec, getattr(node, spec.name), key)  # a config built in Python gets the same type checks
+    for key in _RANGES:
+        _check_range(key, _get(config, key))
     aligners = {"none", "ot", "tot", "uot", "partial", "attention", "cif"}
     if config.transfer.aligner not in aligners:
-        raise ValueError(f"transfer.aligner must be one of {sorted(aligners)}, got '{config.transfer.aligner}'")
-    if config.transfer.quantity_weight < 0:
-        raise ValueError(f"transfer.quantity_weight must be >= 0, got {config.transfer.quantity_weight}")
-    hidden = config.transfer.adapter_hidden
-    if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1):
-        raise ValueError(f"transfer.adapter_hidden must be >= 1 or null, got {hidden!r}")
+        raise ConfigError(f"config key transfer.aligner must be one of {sorted(aligners)}, got '{config.transfer.aligner}'")
     if config.transfer.loss not in {"cosine", "mse"}:
-        raise ValueError(f"transfer.loss must be 'cosine' or 'mse', got '{config.transfer.loss}'")
+        raise ConfigError(f"config key transfer.loss must be 'cosine' or 'mse', got '{config.transfer.loss}'")
     if config.transfer.grad not in {"implicit", "unrolled", "last_step"}:
         raise ValueError(f"transfer.grad must be 'implicit', 'unrolled' or 'last_step', got '{config.transfer.grad}'")
     if config.optim.schedule not in {"noam", "constant"}:
-        raise ValueError(f"optim.schedule must be 'noam' or 'constant', got '{config.optim.schedule}'")
+        raise ConfigError(f"config key optim.schedule must be 'noam' or 'constant', got '{config.optim.schedule}'")
     if config.model.units not in {"char", "sentencepiece"}:
-        raise ValueError(f"model.units must be 'char' or 'sentencepiece', got '{config.model.units}'")
-    if config.optim.epochs < 1:
-        raise ValueError(f"optim.epochs must be >= 1, got {config.optim.epochs}")
+        raise ConfigError(f"config key model.units must be 'char' or 'sentencepiece', got '{config.model.units}'")
+    _check_model_overrides(config)
     if not config.data.train_manifests:
-        raise ValueError("data.train_manifests is empty")
+        raise ConfigError("config key 'data.train_manifests' is empty: give at least one training manifest")
+
+
+# Keys that --resume may change freely: they say where files go, how long to train, how much to
+# log or keep, which sets to test afterwards. Every other key changes the model or its data, so a
+# difference refuses the resume (unless --force).
+RESUME_NEUTRAL_KEYS = frozenset({
+    "exp_dir", "optim.epochs", "optim.max_bad_batches", "log_every", "threads", "keep_checkpoints",
+    "average_best", "data.test_manifests", "data.feature_cache_dir", "teacher.cache_dir",
+})
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the schema's sections only; mappings inside a key stay whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and not prefix and key in _SECTIONS:
+            flat.update(flatten(value, f"{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(stored: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (stored value, new value)}`` for every key whose value changed.
+
+    Keys the stored config lacks (added to the schema since) are left out. For two plain-CTC
+    configs the teacher and transfer keys are left out too: such a run never used them.
+    """
+    old, new = flatten(stored), flatten(to_dict(config))
+    both_ctc = old.get("transfer.aligner") == "none" and config.transfer.aligner == "none"
+    return {key: (old[key], value) for key, value in new.items()
+            if key in old and old[key] != value and not (both_ctc and key.startswith(("teacher.", "transfer.")))}
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -15,17 +15,25 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "demo.yaml"
 
 
 def run_demo(out: str = "exp/demo", corpus: str = "data/demo", overrides: list[str] | None = None,
-             corpus_size: str = "demo") -> int:
-    """Run the demo; ``overrides`` are ``--set`` items applied on top of conf/demo.yaml."""
+             corpus_size: str = "demo", progress: bool | None = None) -> int:
+    """Run the demo; ``overrides`` are ``--set`` items applied on top of conf/demo.yaml.
+
+    Rerunning it always succeeds: ``out`` is the demo's own exp_dir, so a finished or interrupted
+    demo there is resumed (a finished one only re-averages), and a run there under another config
+    (an edited conf/demo.yaml, other ``overrides``) is replaced, with the changed keys printed.
+    ``progress``: progress bars (None: only when stderr is a terminal, or as OTALIGN_PROGRESS says).
+    """
     from otalign.data.synth import synthesize_corpus
     from otalign.decode.recipe import decode_manifest
-    from otalign.train.trainer import run
+    from otalign.train.checkpoint import ExpDirError
+    from otalign.train.trainer import check_exp_dir, progress_enabled, run
 
     started = time.time()
+    progress = progress_enabled(progress)
     corpus_dir = Path(corpus)
     if not (corpus_dir / "train.jsonl").exists():
         print(f"[demo] 1/4 synthesizing the demo corpus into {corpus_dir} (eSpeak NG)")
-        synthesize_corpus(corpus_dir, size=corpus_size, seed=0)
+        synthesize_corpus(corpus_dir, size=corpus_size, seed=0, progress=progress)
     else:
         print(f"[demo] 1/4 corpus already at {corpus_dir}")
 
@@ -35,7 +43,13 @@ def run_demo(out: str = "exp/demo", corpus: str = "data/demo", overrides: list[s
     config = load_config(DEMO_CONFIG, [f"exp_dir={out}", *manifests, *(overrides or [])])
     print(f"[demo] 2/4 training tiny Conformer-CTC + uot transfer (rho_frames={config.transfer.rho_frames}) "
           f"for {config.optim.epochs} epochs -> {out}")
-    final = run(config, resume=True)
+    try:
+        check_exp_dir(config, resume=True, overwrite=False, force=False)
+        overwrite = False
+    except ExpDirError as refusal:
+        print(f"[demo] {out} holds a run that cannot be resumed, so it is replaced: {refusal}")
+        overwrite = True
+    final = run(config, resume=not overwrite, overwrite=overwrite, progress=progress)
 
     print("[demo] 3/4 decoding (CTC greedy) and scoring")
     scores = {}
@@ -68,4 +82,5 @@ def run_demo(out: str = "exp/demo", corpus: str = "data/demo", overrides: list[s
     print(f"  logs        : {out}/tensorboard  (tensorboard --logdir {out}/tensorboard)")
     print(f"  decoding    : {out}/decode/*.results.txt, *.errors.txt")
     print(f"  plots       : {plots_dir}/")
+    print("  commands    : .venv/bin/otalign --help  (or `source .venv/bin/activate`, then `otalign ...`)")
     return 0

@@ -15,6 +15,7 @@ from otalign.align.metrics import aggregate_metrics, utterance_metrics
 from otalign.data.dataset import SpeechDataset, collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import Utterance
+from otalign.models.export import CheckpointError, load_checkpoint
 from otalign.text.teacher import PLMTeacher
 from otalign.text.tokenizer import tokenizer_from_dict
 from otalign.train.config import TrainConfig, _from_dict
@@ -24,19 +25,27 @@ from otalign.train.trainer import Trainable, build_teacher, build_trainable
 def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, GlobalCMVN | None]:
     """Rebuild the training module (ASR + adapter + aligner) of an ``epoch_N.pt`` checkpoint."""
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise ValueError(f"checkpoint not found: {ckpt_path}")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(ckpt_path)
     if "trainable" not in ckpt:
-        raise ValueError(f"{ckpt_path} is not a training checkpoint (epoch_N.pt); an inference export "
-                         f"(avg.pt) has no adapter or aligner to evaluate")
-    config = _from_dict(TrainConfig, ckpt["config"], "")
+        raise CheckpointError(f"{ckpt_path} is not a training checkpoint (epoch_N.pt); an inference export "
+                              f"(avg.pt) has no adapter or aligner to evaluate")
+    missing = [k for k in ("config", "tokenizer") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt_path} is incomplete: it lacks {', '.join(map(repr, missing))}")
+    try:
+        config = _from_dict(TrainConfig, ckpt["config"], "")
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {ckpt_path} holds a config this version cannot read: {error}") from None
     plm_width = None
     if config.transfer.aligner != "none":
         plm_width = PLMTeacher(config.teacher.model_dir, layer=config.teacher.layer).width
     vocab_size = tokenizer_from_dict(ckpt["tokenizer"], source=str(ckpt_path)).vocab_size
     trainable = build_trainable(config, vocab_size, plm_width)
-    trainable.load_state_dict(ckpt["trainable"])
+    try:
+        trainable.load_state_dict(ckpt["trainable"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {ckpt_path}: its weights do not fit its config "
+                              f"({str(error).strip().splitlines()[0][:200]})") from None
     trainable.eval()
     cmvn = GlobalCMVN.from_dict(ckpt["cmvn"]) if ckpt.get("cmvn") else None
     return trainable, config, cmvn

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +35,28 @@ from otalign.data.manifest import read_manifest
 from otalign.decode.scoring import git_hash, score
 from otalign.decode.search import ctc_greedy
 from otalign.models.asr import CTCModel
-from otalign.models.export import export_inference_model
+from otalign.models.export import export_inference_model, load_checkpoint
 from otalign.text.cache import TeacherCache
 from otalign.text.teacher import PLMTeacher
 from otalign.text.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
-from otalign.train.checkpoint import (average_checkpoints, latest_checkpoint, rank_checkpoints,
-                                      save_checkpoint)
-from otalign.train.config import TrainConfig, save_config, to_dict
+from otalign.train.checkpoint import (ExpDirError, average_checkpoints, clear_run, newest_readable_checkpoint,
+                                      rank_checkpoints, run_artifacts, save_checkpoint)
+from otalign.train.config import (RESUME_NEUTRAL_KEYS, TrainConfig, config_differences, read_yaml, save_config,
+                                  to_dict)
+from otalign.train.config import validate as validate_config
+
+
+def progress_enabled(flag: bool | None = None) -> bool:
+    """Whether to draw progress bars: ``flag`` if given (``--no-progress``), else the environment's
+    ``OTALIGN_PROGRESS`` (0/1), else only when stderr is a terminal (so a log file stays small)."""
+    if flag is not None:
+        return bool(flag)
+    env = os.environ.get("OTALIGN_PROGRESS", "").strip().lower()
+    if env in {"0", "false", "no", "off"}:
+        return False
+    if env in {"1", "true", "yes", "on"}:
+        return True
+    return sys.stderr.isatty()
 
 
 # ----------------------------------------------------------------------------- distributed set-up
@@ -144,10 +160,11 @@ def make_loader(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train:
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=0), sampler
 
 
-def compute_cmvn(utterances, config: TrainConfig) -> GlobalCMVN:
+def compute_cmvn(utterances, config: TrainConfig, progress: bool = True) -> GlobalCMVN:
     """Global CMVN over the training set (fills the feature cache as a side effect)."""
     dataset = SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir)
-    return GlobalCMVN.from_features(dataset.features(i) for i in tqdm(range(len(dataset)), desc="cmvn/fbank"))
+    return GlobalCMVN.from_features(dataset.features(i) for i in tqdm(range(len(dataset)), desc="cmvn/fbank",
+                                                                      disable=not progress))
 
 
 def build_tokenizer(config: TrainConfig, train_utts, exp_dir: Path, info: DistInfo) -> Tokenizer:
@@ -234,14 +251,14 @@ class EpochState:
 
 def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, optimizer, scheduler,
                     tokenizer: Tokenizer, teacher: TeacherCache | None, config: TrainConfig,
-                    state: EpochState, info: DistInfo, writer) -> dict[str, float]:
+                    state: EpochState, info: DistInfo, writer, progress: bool = True) -> dict[str, float]:
     model.train()
     totals = {"loss": 0.0, "ctc": 0.0, "kt": 0.0, "aux": 0.0, "batches": 0, "audio_s": 0.0,
               "ctc_invalid": 0, "bad_batches": 0}
     start = time.time()
-    progress = tqdm(loader, desc=f"epoch {state.epoch}", disable=not info.is_main, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {state.epoch}", disable=not (info.is_main and progress), dynamic_ncols=True)
     num_batches = max(1, len(loader))
-    for index, batch in enumerate(progress):
+    for index, batch in enumerate(bar):
         weight = kt_weight(config, state.epoch - 1 + index / num_batches)
         losses = compute_loss(model, batch, tokenizer, teacher, info.device)
         loss = losses["ctc"] + weight * (losses["kt"] + losses["aux"])
@@ -274,7 +291,7 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
         totals["batches"] += 1
         totals["audio_s"] += sum(u.duration for u in batch["utterances"])
         speed = totals["audio_s"] / max(time.time() - start, 1e-9) * info.world_size
-        progress.set_postfix(loss=f"{loss.item():.3f}", kt=f"{float(losses['kt'].detach()):.3f}", xRT=f"{speed:.0f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", kt=f"{float(losses['kt'].detach()):.3f}", xRT=f"{speed:.0f}")
         if writer is not None and state.step % config.log_every == 0:
             writer.add_scalar("train/loss", loss.item(), state.step)
             writer.add_scalar("train/ctc", float(losses["ctc"].detach()), state.step)
@@ -290,21 +307,147 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
 
 
 # ----------------------------------------------------------------------------- the whole run
-def run(config: TrainConfig, resume: bool = False) -> Path:
+def _stored_config(exp_dir: Path, map_location) -> tuple[dict | None, str]:
+    """The config the run in ``exp_dir`` was started with: its config.yaml, else its newest checkpoint's."""
+    path = exp_dir / "config.yaml"
+    if path.is_file():
+        stored = read_yaml(path)
+        if not isinstance(stored, dict):
+            raise ExpDirError(f"{path} does not hold a config mapping; --overwrite to start this exp_dir afresh")
+        return stored, str(path)
+    _, ckpt, _ = newest_readable_checkpoint(exp_dir, map_location=map_location, quarantine=False)
+    if ckpt is not None and isinstance(ckpt.get("config"), dict):
+        return ckpt["config"], "its newest readable checkpoint"
+    return None, ""
+
+
+def _format_value(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_exp_dir(config: TrainConfig, resume: bool, overwrite: bool, force: bool,
+                  map_location="cpu") -> dict[str, tuple]:
+    """Refuse, before any expensive work, to train into an exp_dir that would mix two runs.
+
+    * a fresh run (neither ``resume`` nor ``overwrite``) needs an exp_dir without a previous run's
+      files (:func:`~otalign.train.checkpoint.run_artifacts`);
+    * ``resume`` compares the stored config with ``config`` and refuses on a difference in any key
+      that changes the model or its data (all but ``RESUME_NEUTRAL_KEYS``), unless ``force``.
+
+    Returns the differing keys ``{key: (stored, new)}`` (empty for a fresh run). Read-only, so every
+    torchrun rank runs it and all of them take the same decision.
+    """
+    if resume and overwrite:
+        raise ExpDirError("--resume and --overwrite exclude each other: continue the run in exp_dir, or replace it")
+    exp_dir = Path(config.exp_dir)
+    if exp_dir.exists() and not exp_dir.is_dir():
+        raise ExpDirError(f"exp_dir {exp_dir} exists and is not a folder")
+    existing = run_artifacts(exp_dir)
+    if not existing or overwrite:
+        return {}
+    if not resume:
+        names = ", ".join(p.name for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
+        raise ExpDirError(f"exp_dir {exp_dir} already holds a training run ({names}): pass --resume to continue "
+                          f"it or --overwrite to replace it (or choose another exp_dir)")
+    stored, source = _stored_config(exp_dir, map_location)
+    if stored is None:
+        if force:
+            return {}
+        raise ExpDirError(f"exp_dir {exp_dir} holds run files but no config.yaml and no readable checkpoint to "
+                          f"compare the config with: --overwrite to replace them (or --force to resume anyway)")
+    differences = config_differences(stored, config)
+    blocking = {k: v for k, v in differences.items() if k not in RESUME_NEUTRAL_KEYS}
+    if blocking and not force:
+        changes = "; ".join(f"{k}: {_format_value(a)} -> {_format_value(b)}" for k, (a, b) in sorted(blocking.items()))
+        raise ExpDirError(f"--resume refused: the config differs from the run in {exp_dir} ({source}) in "
+                          f"{len(blocking)} key(s) that change the model or its data: {changes}. "
+                          f"Use another exp_dir, --overwrite to replace the run, or --force to resume anyway")
+    return differences
+
+
+def _record_resumption(exp_dir: Path, differences: dict[str, tuple], checkpoint: Path | None,
+                       unreadable: list[str], force: bool) -> None:
+    """Append one entry to ``config.history.yaml``; config.yaml stays the run's original config."""
+    import yaml
+
+    path = exp_dir / "config.history.yaml"
+    history = read_yaml(path) if path.exists() else []
+    if not isinstance(history, list):
+        history = [history]
+    history.append({
+        "resumed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_hash": git_hash(),
+        "from_checkpoint": checkpoint.name if checkpoint is not None else None,
+        "forced": bool(force),
+        "changed": {k: {"stored": a, "new": b, "changes_model_or_data": k not in RESUME_NEUTRAL_KEYS}
+                    for k, (a, b) in sorted(differences.items())},
+        "unreadable_checkpoints": unreadable,
+    })
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(history, sort_keys=False))
+    os.replace(tmp, path)
+
+
+_CTC_IMPOSSIBLE_NOTE = (
+    "[train] ctc_impossible_skipped={n}: {n} training utterance(s) this epoch have fewer encoder frames "
+    "(10 ms fbank hop, subsampled 4x) than CTC needs for their label sequence (one frame per unit, plus a "
+    "blank between repeated units), so CTC cannot align them; their CTC loss is left out of the batch loss "
+    "(the transfer loss still counts). A few are harmless; many mean the audio is too short for its text "
+    "(fast speech, a wrong transcript) and are worth a look. This note is printed once per run.")
+
+
+def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, force: bool = False,
+        progress: bool | None = None) -> Path:
     """Train as configured; return the path of the averaged inference checkpoint (``avg.pt``).
+
+    An exp_dir that already holds a run is refused unless ``resume`` (continue it: the config must
+    not differ in a key that changes the model or data, unless ``force``) or ``overwrite`` (its run
+    files are removed first). ``progress``: draw progress bars (None: see :func:`progress_enabled`).
 
     Under torchrun every rank returns the path; only rank 0 writes it. A process group that the
     caller set up (``otalign experiment`` trains many runs in one) is left for the caller to close.
     """
+    validate_config(config)  # a Python-built config is checked too, before anything is cached
+    progress = progress_enabled(progress)
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = setup_distributed()
+    differences = check_exp_dir(config, resume, overwrite, force)
+    barrier(info)  # every rank has checked before rank 0 writes anything
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed + info.rank)
     exp_dir = Path(config.exp_dir)
+    latest, ckpt = None, None
     if info.is_main:
+        if overwrite:
+            removed = clear_run(exp_dir)
+            if removed:
+                print(f"[train] --overwrite: removed the previous run's {len(removed)} file(s) and folder(s) "
+                      f"from {exp_dir}")
         exp_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, exp_dir / "config.yaml")
+        unreadable: list[str] = []
+        if resume:
+            latest, ckpt, unreadable = newest_readable_checkpoint(exp_dir, map_location=info.device)
+            for problem in unreadable:
+                print(f"[train] {problem}; it was renamed *.unreadable and is not resumed from")
+        if resume and (exp_dir / "config.yaml").exists():
+            _record_resumption(exp_dir, differences, latest, unreadable, force)
+            neutral = [k for k in differences if k in RESUME_NEUTRAL_KEYS]
+            forced = [k for k in differences if k not in RESUME_NEUTRAL_KEYS]
+            if forced:
+                print(f"[train] --force: resuming although {', '.join(sorted(forced))} changed "
+                      f"(recorded in {exp_dir / 'config.history.yaml'})")
+            if neutral:
+                print(f"[train] resuming with new {', '.join(sorted(neutral))} (recorded in config.history.yaml)")
+        else:
+            save_config(config, exp_dir / "config.yaml")
+    if info.world_size > 1:
+        chosen = [str(latest) if latest is not None else None]
+        dist.broadcast_object_list(chosen, src=0)
+        if not info.is_main and chosen[0] is not None:
+            latest = Path(chosen[0])
+            ckpt = load_checkpoint(latest, map_location=info.device)
 
     train_utts = load_manifests(config.data.train_manifests, config.data.strict)
     tokenizer = build_tokenizer(config, train_utts, exp_dir, info)
@@ -314,7 +457,9 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
     if config.data.cmvn:
         cmvn_path = exp_dir / "cmvn.json"
         if info.is_main and not cmvn_path.exists():
-            compute_cmvn(train_utts, config).save(cmvn_path)
+            tmp = cmvn_path.with_name(cmvn_path.name + ".tmp")  # atomic: a kill mid-write leaves no half file
+            compute_cmvn(train_utts, config, progress=progress).save(tmp)
+            os.replace(tmp, cmvn_path)
         barrier(info)
         cmvn = GlobalCMVN.load(cmvn_path)
 
@@ -324,7 +469,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
         teacher = build_teacher(config)
         plm_width = teacher.teacher.width
         if info.is_main:
-            teacher.precompute([u.text for u in train_utts], progress=True)
+            teacher.precompute([u.text for u in train_utts], progress=progress)
         barrier(info)
 
     trainable = build_trainable(config, tokenizer.vocab_size, plm_width).to(info.device)
@@ -336,9 +481,7 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     state = EpochState()
 
-    latest = latest_checkpoint(exp_dir) if resume else None
-    if latest is not None:
-        ckpt = torch.load(latest, map_location=info.device, weights_only=False)
+    if ckpt is not None:
         trainable.load_state_dict(ckpt["trainable"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -349,19 +492,22 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(exp_dir / "tensorboard"))
+        # On resume, TensorBoard drops the events a killed run logged after this checkpoint's step,
+        # so no step is shown twice (the run restarts from the checkpoint, not from where it died).
+        writer = SummaryWriter(str(exp_dir / "tensorboard"), purge_step=state.step + 1 if resume else None)
         n_params = sum(p.numel() for p in trainable.asr.parameters())
         print(f"[train] {n_params / 1e6:.2f}M ASR parameters, aligner={config.transfer.aligner}, "
               f"{len(train_utts)} train / {len(dev_utts)} dev utterances, world_size={info.world_size}")
 
     dev_loader, _ = make_loader(dev_utts, config, cmvn, train=False, info=info, epoch_seed=config.seed)
+    explained_ctc_impossible = False
     while state.epoch <= config.optim.epochs:
         torch.manual_seed(config.seed * 1000 + state.epoch + info.rank)
         train_loader, sampler = make_loader(train_utts, config, cmvn, train=True, info=info,
                                             epoch_seed=config.seed * 1000 + state.epoch + 7919 * info.rank)
         sampler.set_epoch(state.epoch)
         metrics = train_one_epoch(model, trainable, train_loader, optimizer, scheduler, tokenizer, teacher,
-                                  config, state, info, writer)
+                                  config, state, info, writer, progress=progress)
         metrics.update(validate(trainable, dev_loader, tokenizer, info.device, info))
         metrics["step"] = state.step
         if info.is_main:
@@ -371,10 +517,16 @@ def run(config: TrainConfig, resume: bool = False) -> Path:
                           "tokenizer": tokenizer.to_dict(), "cmvn": cmvn.to_dict() if cmvn else None,
                           "git_hash": git_hash()}
             save_checkpoint(exp_dir, state.epoch, checkpoint, metrics, keep=config.keep_checkpoints)
+            # Logged at the global step (the x axis of every tag), so a resume's purge_step covers them too.
             for key in ("train_loss", "train_kt", "dev_loss", "dev_cer", "x_real_time"):
-                writer.add_scalar(f"epoch/{key}", metrics[key], state.epoch)
+                writer.add_scalar(f"epoch/{key}", metrics[key], state.step)
+            writer.add_scalar("epoch/epoch", state.epoch, state.step)
+            writer.flush()  # a kill -9 after this point loses no finished epoch's events
             print(f"[train] epoch {state.epoch}: " + ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
+            if metrics["ctc_impossible_skipped"] and not explained_ctc_impossible:
+                print(_CTC_IMPOSSIBLE_NOTE.format(n=metrics["ctc_impossible_skipped"]), flush=True)
+                explained_ctc_impossible = True
         barrier(info)
         state.epoch += 1
 

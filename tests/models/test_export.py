@@ -48,7 +48,7 @@ def test_export_rejects_checkpoint_without_ctc_head(tmp_path):
 
 def test_load_rejects_foreign_file(tmp_path):
     torch.save({"hello": 1}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="not an otalign inference model"):
+    with pytest.raises(ValueError, match="x.pt is not an otalign"):
         load_inference_model(tmp_path / "x.pt")
 
 

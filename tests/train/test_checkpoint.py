@@ -6,7 +6,7 @@ from otalign.train.checkpoint import average_checkpoints, latest_checkpoint, ran
 
 
 def _state(value: float) -> dict:
-    return {"model": {"w": torch.full((2, 2), value), "steps": torch.tensor(3)}}
+    return {"trainable": {"w": torch.full((2, 2), value), "steps": torch.tensor(3)}}
 
 
 def test_sidecar_holds_metrics_and_pruning_keeps_best_and_newest(tmp_path):
@@ -24,7 +24,7 @@ def test_sidecar_holds_metrics_and_pruning_keeps_best_and_newest(tmp_path):
 
 def test_average_is_elementwise_mean(tmp_path):
     paths = [save_checkpoint(tmp_path, e, _state(float(e)), {"dev_loss": 1.0}, keep=0) for e in (1, 2, 6)]
-    averaged = average_checkpoints(paths)
+    averaged = average_checkpoints(paths, key="trainable")
     assert torch.allclose(averaged["w"], torch.full((2, 2), 3.0))
     assert averaged["w"].dtype == torch.float32
     assert averaged["steps"].item() == 3

@@ -636,6 +636,35 @@ def synthesize_corpus(
     imbalance = imbalance or ImbalanceConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_output_folder(out_dir)
+    try:
+        return _synthesize_locked(out_dir, num_train, num_dev, num_test, size, num_utterances, seed, jobs,
+                                  imbalanced_fraction, imbalance, fortunes_dir, progress)
+    finally:
+        lock.close()  # releases the flock
+
+
+class SynthFolderBusy(ValueError):
+    """Another ``otalign synth`` is writing into the same output folder."""
+
+
+def _lock_output_folder(out_dir: Path):
+    """An exclusive ``fcntl.flock`` on ``out_dir/.synth.lock``, held for the whole run: two runs
+    into one folder would otherwise mix their audio under one manifest. The second run fails."""
+    import fcntl
+
+    handle = open(out_dir / ".synth.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SynthFolderBusy(f"output folder {out_dir} is being written by another otalign synth run "
+                              f"(lock {out_dir / '.synth.lock'} is held); wait for it or choose another folder")
+    return handle
+
+
+def _synthesize_locked(out_dir, num_train, num_dev, num_test, size, num_utterances, seed, jobs,
+                       imbalanced_fraction, imbalance, fortunes_dir, progress):
     started = time.perf_counter()
 
     sentences = load_fortune_sentences(fortunes_dir)

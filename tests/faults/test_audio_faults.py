@@ -75,3 +75,21 @@ def test_prepare_with_every_utterance_skipped_fails_and_writes_no_manifest(tmp_p
     err = capsys.readouterr().err
     assert rc == 2 and "kaldi" in err and str(src) in err and "empty audio: 1" in err and "missing audio: 1" in err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_decode_puts_its_feature_cache_under_out_not_the_current_folder(tmp_path, monkeypatch):
+    sf.write(tmp_path / "a.wav", _tone(), 16000)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "u", "audio_filepath": "a.wav", "duration": 0.5,
+                                                  "text": "hello"}) + "\n")
+    tok = CharTokenizer()
+    model = CTCModel(tok.vocab_size, "tiny", num_layers=1).eval()
+    torch.save({"model": model.state_dict(), "model_config": model.config, "tokenizer": tok.to_dict(),
+                "cmvn": None}, tmp_path / "avg.pt")
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    rc = main(["decode", "--ckpt", str(tmp_path / "avg.pt"), "--data", str(tmp_path / "m.jsonl"),
+               "--out", str(tmp_path / "out")])
+    assert rc == 0
+    assert list(cwd.iterdir()) == []
+    assert list((tmp_path / "out" / "cache" / "fbank").rglob("*.npy"))

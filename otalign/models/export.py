@@ -61,7 +61,9 @@ def load_checkpoint(path: str | os.PathLike, require: tuple[str, ...] = (),
             warnings.simplefilter("ignore")  # torch's pickle-protocol warning on foreign pickles
             d = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        detail = str(error).split("Unsupported global:")[-1].split("\n")[0].strip(" .")
+        text = str(error)
+        detail = text.split("Unsupported global:")[-1].split("\n")[0].strip(" .") if "Unsupported global:" in text \
+            else "not a weights-only pickle"
         raise CheckpointError(f"checkpoint {p} holds objects other than tensors and plain containers "
                               f"(refused: loading it could run code; {detail[:120]}); "
                               f"it was not written by otalign") from None

@@ -70,7 +70,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     for manifest in args.data:
         report = decode_manifest(args.ckpt, manifest, args.out, method=args.method, beam=args.beam,
                                  threads=args.threads, lm_path=args.lm, lm_weight=args.lm_weight,
-                                 feature_cache_dir=args.feature_cache_dir or str(Path(args.out) / "cache" / "fbank"))
+                                 feature_cache_dir=args.feature_cache_dir or str(Path(args.out) / "cache" / "fbank"),
+                                 strict=args.strict)
         print(f"[decode] {manifest}: CER {100 * report.cer:.2f}%  WER {100 * report.wer:.2f}%  "
               f"({report.num_utts} utterances, RTF {report.rtf:.4f}) -> {args.out}")
     return 0
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--lm", default=None, help="character n-gram ARPA LM (needs --method beam and flashlight-text)")
     p.add_argument("--lm-weight", type=float, default=0.5)
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first bad manifest line or audio file; by default each is skipped, counted and listed in *.results.json")
     p.add_argument("--feature-cache-dir", default=None,
                    help="fbank cache (default: OUT/cache/fbank, never the current folder; pass the training "
                         "config's data.feature_cache_dir to share it with training)")

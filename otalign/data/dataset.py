@@ -89,8 +89,8 @@ class SpeechDataset(Dataset):
         try:
             # always bounded by the manifest duration: a Kaldi segment may start at 0 and end early
             samples, sample_rate = load_audio(utt.audio_filepath, utt.offset, utt.duration)
-        except ValueError as err:
-            raise ValueError(f"utterance {utt.id!r}: {err}") from err
+        except ValueError as err:  # keeps the AudioError subclass: decode skips and counts by type
+            raise type(err)(f"utterance {utt.id!r}: {err}") from err
         samples = speed_perturb(samples, speed)
         feats = compute_fbank(samples, sample_rate)
         if path is not None:

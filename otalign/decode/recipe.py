@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from otalign.data.dataset import SpeechDataset, collate_batch
-from otalign.data.features import GlobalCMVN
+from otalign.data.features import AudioError, GlobalCMVN
 from otalign.data.manifest import read_manifest
 from otalign.decode.scoring import RealTimeFactor, ScoreReport, git_hash, score, write_error_file, write_results
 from otalign.decode.search import decode_batch
@@ -75,6 +76,7 @@ def decode_manifest(
     lm_weight: float = 0.5,
     sil_score: float = 0.0,
     token_threshold: float | None = None,
+    strict: bool = False,
 ) -> ScoreReport:
     """Decode every utterance of ``manifest``, score it, and write the four files (module docstring).
 
@@ -87,6 +89,11 @@ def decode_manifest(
         lm_path: an ARPA character LM (:func:`otalign.decode.lm.train_char_ngram_arpa`); with it,
             ``method="beam"`` uses flashlight's LM beam search with ``lm_weight``/``sil_score``.
         token_threshold: optional per-frame pruning of the prefix beam search (log-prob).
+        strict: stop at the first bad manifest line or audio file (one ValueError naming the
+            utterance and file). By default each is skipped, counted and recorded: the results
+            files give ``num_lines`` (non-blank manifest lines), ``num_decoded``, ``num_skipped``
+            and every skipped line or utterance with its reason, so the scores never cover an
+            unstated subset.
 
     Returns the :class:`ScoreReport` with ``rtf`` and ``feature_rtf`` filled in.
     """
@@ -98,10 +105,11 @@ def decode_manifest(
         raise ValueError("an LM (lm_path) needs method='beam'")
     inf = load_for_decoding(ckpt)
     model, tokenizer = inf.model, inf.tokenizer
-    result = read_manifest(manifest)
-    utterances = list(result.utterances) if hasattr(result, "utterances") else list(result)
+    result = read_manifest(manifest, strict=strict)
+    utterances = list(result.utterances)
+    skipped = [{"where": where, "reason": reason} for where, reason in result.skipped]
     if not utterances:
-        raise ValueError(f"manifest {manifest} has no usable utterance")
+        raise ValueError(f"manifest {manifest} has no usable utterance ({len(skipped)} line(s) skipped)")
     dataset = SpeechDataset(utterances, cache_dir=feature_cache_dir, cmvn=GlobalCMVN.from_dict(inf.cmvn) if inf.cmvn else None)
     lm_decoder = None
     if lm_path is not None:
@@ -122,7 +130,17 @@ def decode_manifest(
             chunk = order[start : start + batch_size]
             audio_s = sum(utterances[i].duration for i in chunk)
             with feature_rtf.measure(audio_s):
-                batch = collate_batch([dataset[i] for i in chunk])
+                items = []
+                for i in chunk:
+                    try:
+                        items.append(dataset[i])
+                    except AudioError as error:  # one bad file must not stop the others
+                        if strict:
+                            raise ValueError(f"utterance {utterances[i].id!r} ({utterances[i].audio_filepath}): {error}") from error
+                        skipped.append({"where": f"utterance {utterances[i].id!r}", "reason": f"{type(error).__name__}: {error}"})
+                if not items:
+                    continue
+                batch = collate_batch(items)
             with rtf.measure(audio_s), torch.inference_mode():
                 out = model(batch["feats"], batch["feat_lengths"])
                 lengths = out.out_lengths.tolist()
@@ -136,7 +154,13 @@ def decode_manifest(
     finally:
         torch.set_num_threads(previous_threads)
 
+    if not refs:
+        raise ValueError(f"manifest {manifest}: no utterance could be decoded ({len(skipped)} skipped: {skipped[0]['where']}: {skipped[0]['reason']})")
     report = replace(score(refs, hyps), rtf=rtf.rtf, feature_rtf=feature_rtf.rtf)
+    coverage = {"num_lines": len(utterances) + len(result.skipped), "num_decoded": len(refs), "num_skipped": len(skipped)}
+    if skipped:
+        print(f"decode: CER over {len(refs)} of {coverage['num_lines']} utterances of {manifest}; {len(skipped)} skipped "
+              f"(first: {skipped[0]['where']}: {skipped[0]['reason']}); all are listed in the results files", file=sys.stderr)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / (Path(manifest).name.removesuffix(".jsonl").removesuffix(".json") + tag)
@@ -148,10 +172,11 @@ def decode_manifest(
         "threads": threads, "batch_size": batch_size, "model_config": inf.config, "cmvn": inf.cmvn is not None,
         "train_git_hash": (inf.meta or {}).get("git_hash"), "train_config": (inf.meta or {}).get("config"),
         "audio_s": round(rtf.audio_s, 3), "decode_s": round(rtf.decode_s, 3), "feature_s": round(feature_rtf.decode_s, 3),
+        **coverage, "skipped": skipped,
     }
     commit = git_hash()
     write_results(f"{stem}.results.txt", report, config, commit)
     Path(f"{stem}.results.json").write_text(
-        json.dumps({**report.as_dict(), "git_hash": commit, "config": config}, indent=2, default=str) + "\n"
+        json.dumps({**report.as_dict(), **coverage, "skipped": skipped, "git_hash": commit, "config": config}, indent=2, default=str) + "\n"
     )
     return report

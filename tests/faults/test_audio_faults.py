@@ -60,7 +60,7 @@ def test_decode_of_a_missing_wav_names_the_utterance_not_a_raw_file_not_found(tm
     torch.save({"model": model.state_dict(), "model_config": model.config, "tokenizer": tok.to_dict(),
                 "cmvn": None}, tmp_path / "avg.pt")
     rc = main(["decode", "--ckpt", str(tmp_path / "avg.pt"), "--data", str(tmp_path / "m.jsonl"),
-               "--out", str(tmp_path / "out"), "--feature-cache-dir", str(tmp_path / "cache")])
+               "--out", str(tmp_path / "out"), "--feature-cache-dir", str(tmp_path / "cache"), "--strict"])
     err = capsys.readouterr().err
     assert rc == 2 and "utt-gone" in err and "gone.wav" in err and "Traceback" not in err
 

@@ -1,7 +1,9 @@
 # Both targets set the machine up themselves (Debian packages, venv, pip) and are idempotent.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export OMP_NUM_THREADS ?= 2
+# threads: the cores that are free now (cores minus the 1-minute load average, at least 1); on a
+# shared 2-core machine a second thread on a busy core made training 2-11x slower
+export OMP_NUM_THREADS ?= $(shell python3 -c "import os; n = os.cpu_count() or 1; print(max(1, min(n, round(n - os.getloadavg()[0]))))")
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 

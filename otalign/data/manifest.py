@@ -315,11 +315,16 @@ def read_manifest(path: str | os.PathLike, strict: bool = False, check_files: bo
     counter = SkipCounter(str(path), strict=strict, verbose=verbose)
     utterances: list[Utterance] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with open(path, "rb") as f:  # bytes: one line that is not UTF-8 must not abort the others
+        for line_no, raw_line in enumerate(f, start=1):
+            where = f"line {line_no}"
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                counter.skip(where, f"not UTF-8 (byte 0x{raw_line[err.start]:02x} at column {err.start + 1})", "bad encoding")
+                continue
             if not line.strip():
                 continue
-            where = f"line {line_no}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:

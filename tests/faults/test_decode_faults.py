@@ -79,3 +79,16 @@ def test_a_manifest_whose_every_utterance_is_bad_is_an_error(corpus, capsys):
     (tmp_path / "m.jsonl").write_text("\n".join(lines[1:5]) + "\n")
     assert _decode(tmp_path) == 2
     assert "no utterance could be decoded" in capsys.readouterr().err
+
+
+def test_a_transcript_that_is_not_utf8_is_a_counted_skip_naming_the_line(corpus, capsys):
+    tmp_path, _ = corpus
+    with open(tmp_path / "m.jsonl", "ab") as f:
+        f.write(b'{"id": "latin1", "audio_filepath": "good1.wav", "duration": 0.5, "text": "caf\xe9"}\n')
+    assert _decode(tmp_path) == 0
+    results = json.loads((tmp_path / "out" / "m.results.json").read_text())
+    reasons = {entry["where"]: entry["reason"] for entry in results["skipped"]}
+    assert reasons["line 7"] == "not UTF-8 (byte 0xe9 at column 78)"
+    assert (results["num_lines"], results["num_decoded"]) == (7, 2)
+    assert _decode(tmp_path, "--strict") == 2
+    assert "line 4" in capsys.readouterr().err  # strict stops at the first bad line, in file order

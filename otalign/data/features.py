@@ -77,9 +77,34 @@ def check_audio_file(path: str | os.PathLike) -> str:
     path = str(path)
     if not os.path.isfile(path):
         raise MissingAudio(f"audio file {path} does not exist")
-    if os.path.getsize(path) == 0:
+    size = os.path.getsize(path)
+    if size == 0:
         raise EmptyAudio(f"audio file {path} is empty (0 bytes)")
+    declared = _riff_data_bytes(path)
+    if declared is not None and declared[0] + declared[1] > size:
+        offset, data_bytes = declared
+        raise TruncatedAudio(f"audio file {path} is truncated: its header declares {data_bytes} bytes of samples, the file holds {max(0, size - offset)}")
     return path
+
+
+def _riff_data_bytes(path: str) -> tuple[int, int] | None:
+    """``(offset, size)`` of a WAV file's ``data`` chunk as its header declares it, or None for
+    other formats. libsndfile reads a truncated WAV silently up to where it ends, so the header
+    is the only record of what the file should hold. Streamed WAVs (size 0 or 0xFFFFFFFF) and
+    odd headers are left to the decoder."""
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return None
+        for _ in range(64):  # chunks before 'data' (fmt, LIST, fact, ...)
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            name, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"data":
+                return None if length in (0, 0xFFFFFFFF) else (f.tell(), length)
+            f.seek(length + (length & 1), os.SEEK_CUR)
+    return None
 
 
 def load_audio(path: str | os.PathLike, offset_s: float = 0.0, duration_s: float | None = None,

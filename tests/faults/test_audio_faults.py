@@ -93,3 +93,22 @@ def test_decode_puts_its_feature_cache_under_out_not_the_current_folder(tmp_path
     assert rc == 0
     assert list(cwd.iterdir()) == []
     assert list((tmp_path / "out" / "cache" / "fbank").rglob("*.npy"))
+
+
+def test_a_truncated_wav_is_named_not_imported_with_its_full_transcript(tmp_path):
+    """Its header says 3.0 s, the file holds 0.6 s: libsndfile would read the 0.6 s silently."""
+    from otalign.data.features import TruncatedAudio, check_audio_file
+
+    whole, cut = tmp_path / "whole.wav", tmp_path / "cut.wav"
+    sf.write(whole, _tone(3.0), 16000, subtype="PCM_16")
+    cut.write_bytes(whole.read_bytes()[: 44 + 2 * 16000 * 6 // 10])
+    assert check_audio_file(whole) == str(whole)
+    with pytest.raises(TruncatedAudio, match=r"cut.wav is truncated: its header declares 96000 bytes of samples, the file holds 19200"):
+        load_audio(cut)
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text(f"u1 {whole}\nu2 {cut}\n")
+    (kaldi / "text").write_text("u1 hello there\nu2 the whole transcript\n")
+    summary = import_kaldi(kaldi, tmp_path / "out.jsonl")
+    assert "truncated audio: 1" in str(summary) and "kept 1" in str(summary)
+    assert [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["u1"]

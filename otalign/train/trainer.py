@@ -37,7 +37,7 @@ from otalign.decode.search import ctc_greedy
 from otalign.models.asr import CTCModel
 from otalign.models.export import export_inference_model, load_checkpoint
 from otalign.text.cache import TeacherCache
-from otalign.text.teacher import PLMTeacher
+from otalign.text.teacher import teacher_from_config
 from otalign.text.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from otalign.train.checkpoint import (ExpDirError, average_checkpoints, clear_run, newest_readable_checkpoint,
                                       rank_checkpoints, run_artifacts, save_checkpoint)
@@ -124,7 +124,7 @@ class Trainable(nn.Module):
 
 def build_teacher(config: TrainConfig) -> TeacherCache:
     """The PLM teacher behind its cache, as ``config.teacher`` describes it."""
-    plm = PLMTeacher(config.teacher.model_dir, layer=config.teacher.layer)
+    plm = teacher_from_config(config.teacher)
     return TeacherCache(config.teacher.cache_dir, plm, center=config.teacher.center)
 
 

@@ -29,6 +29,7 @@ from otalign.data.features import AudioError, GlobalCMVN
 from otalign.data.manifest import read_manifest
 from otalign.decode.scoring import RealTimeFactor, ScoreReport, git_hash, score, write_error_file, write_results
 from otalign.decode.search import decode_batch
+from otalign.models.asr import CTCModel
 from otalign.models.export import FORMAT, InferenceModel, inference_model_from_state
 
 
@@ -53,9 +54,7 @@ def load_for_decoding(ckpt: str | os.PathLike) -> InferenceModel:
                 from otalign.text.tokenizer import tokenizer_from_dict
 
                 vocab_size = tokenizer_from_dict(tokenizer).vocab_size
-            config = {"vocab_size": vocab_size, "preset": model_cfg["preset"], **dict(model_cfg.get("overrides") or {})}
-            if "dropout" in model_cfg:
-                config["dropout"] = model_cfg["dropout"]
+            config = CTCModel.config_from_train(model_cfg, vocab_size)
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {p} is incomplete: it lacks {e} needed to rebuild the CTC model") from None
         d = {"model": d["trainable"], "model_config": config, "tokenizer": tokenizer, "cmvn": d.get("cmvn"),
@@ -110,7 +109,8 @@ def decode_manifest(
     skipped = [{"where": where, "reason": reason} for where, reason in result.skipped]
     if not utterances:
         raise ValueError(f"manifest {manifest} has no usable utterance ({len(skipped)} line(s) skipped)")
-    dataset = SpeechDataset(utterances, cache_dir=feature_cache_dir, cmvn=GlobalCMVN.from_dict(inf.cmvn) if inf.cmvn else None)
+    dataset = SpeechDataset(utterances, cache_dir=feature_cache_dir, cmvn=GlobalCMVN.from_dict(inf.cmvn) if inf.cmvn else None,
+                            frontend=inf.config.get("frontend", "fbank"))
     lm_decoder = None
     if lm_path is not None:
         from otalign.decode.lm import LMBeamDecoder

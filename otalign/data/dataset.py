@@ -1,13 +1,16 @@
 """A torch Dataset over a manifest, its collate function, and a duration-bucketed batch sampler.
 
 Features are cached on disk, one ``.npy`` per utterance and speed factor, under ``cache_dir`` keyed
-by ``sha1(audio path, file size, mtime_ns, offset, duration, speed factor)``: later epochs read the
-cache instead of recomputing fbank, and an edited audio file gets a new key.
+by ``sha1(audio path, file size, mtime_ns, offset, duration, speed factor)`` (plus the front end's
+configuration for Whisper log-mel): later epochs read the cache instead of recomputing features,
+and an edited audio file gets a new key. With a Whisper encoder whose bottom layers are frozen, a
+``WhisperStateCache`` (otalign.data.whisper_cache) serves those layers' outputs instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -25,7 +28,7 @@ FRAMES_PER_SECOND = 100  # 10 ms hop
 
 
 class SpeechDataset(Dataset):
-    """Utterances of a manifest as fbank features.
+    """Utterances of a manifest as acoustic features.
 
     Each item is a dict: ``feats`` (float32 tensor (T, 80), CMVN applied when ``cmvn`` is given,
     SpecAugment when ``spec_augment=True``), ``text``, ``id``, ``words`` (list of ``WordSpan`` or
@@ -33,7 +36,11 @@ class SpeechDataset(Dataset):
 
     Args:
         manifest: a manifest path or a list of ``Utterance``.
-        cache_dir: where fbank ``.npy`` files go; None disables caching.
+        cache_dir: where feature ``.npy`` files go; None disables caching.
+        frontend: 'fbank' (80-dim Kaldi fbank) or a Whisper front end name ('whisper-tiny.en',
+            'whisper-base'): Whisper's own 80-bin log-mel (no CMVN: it is normalised as Whisper was trained).
+        state_cache: a ``WhisperStateCache``; when given, ``feats`` are the cached outputs of the
+            frozen bottom encoder layers, (T', D) at 20 ms, and SpecAugment does not apply.
         speed_factors: e.g. ``(0.9, 1.0, 1.1)`` for speed perturbation (one drawn per access);
             default ``(1.0,)``.
         seed: seeds the per-access random choices (speed factor, SpecAugment masks) together with
@@ -42,7 +49,7 @@ class SpeechDataset(Dataset):
 
     def __init__(self, manifest: str | os.PathLike | Sequence[Utterance], cache_dir: str | os.PathLike | None = None,
                  cmvn: GlobalCMVN | None = None, spec_augment: bool = False, speed_factors: Sequence[float] = (1.0,),
-                 seed: int = 0, strict: bool = False):
+                 seed: int = 0, strict: bool = False, frontend: str = "fbank", state_cache=None):
         if isinstance(manifest, (str, os.PathLike)):
             result = read_manifest(manifest, strict=strict)
             self.utterances = list(result.utterances)
@@ -58,6 +65,17 @@ class SpeechDataset(Dataset):
             raise ValueError(f"speed_factors must be positive, got {speed_factors}")
         self.seed = seed
         self.epoch = 0
+        self.frontend = frontend
+        self.state_cache = state_cache
+        self._log_mel = None
+        self._frontend_key = ""
+        if frontend != "fbank":
+            from otalign.data.whisper_features import WhisperFrontend
+
+            if cmvn is not None:
+                raise ValueError(f"CMVN applies to fbank features only, not to {frontend}'s log-mel")
+            self._log_mel = WhisperFrontend(80)
+            self._frontend_key = "|" + json.dumps({"frontend": frontend, **self._log_mel.config}, sort_keys=True)
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -77,12 +95,16 @@ class SpeechDataset(Dataset):
         except ValueError as err:  # MissingAudio / EmptyAudio, named with the utterance
             raise type(err)(f"utterance {utt.id!r}: {err}") from err
         key = f"{os.path.abspath(utt.audio_filepath)}|{stat.st_size}|{stat.st_mtime_ns}|{utt.offset}|{utt.duration}|{speed}"
+        key += self._frontend_key  # empty for fbank, so existing fbank caches stay valid
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.cache_dir / digest[:2] / f"{digest}.npy"
 
     def features(self, index: int, speed: float = 1.0) -> np.ndarray:
-        """Raw (un-normalised) fbank of utterance ``index``, from the cache when present."""
+        """Raw (un-normalised) features of utterance ``index`` (or its cached bottom states), from
+        the cache when present."""
         utt = self.utterances[index]
+        if self.state_cache is not None:
+            return self.state_cache.states(utt, speed)
         path = self._cache_path(utt, speed)
         if path is not None and path.is_file():
             return np.load(path)
@@ -92,7 +114,10 @@ class SpeechDataset(Dataset):
         except ValueError as err:  # keeps the AudioError subclass: decode skips and counts by type
             raise type(err)(f"utterance {utt.id!r}: {err}") from err
         samples = speed_perturb(samples, speed)
-        feats = compute_fbank(samples, sample_rate)
+        if self._log_mel is not None:
+            feats = self._log_mel(samples, sample_rate, utt_id=utt.id)
+        else:
+            feats = compute_fbank(samples, sample_rate)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
@@ -107,7 +132,7 @@ class SpeechDataset(Dataset):
         feats = self.features(index, speed)
         if self.cmvn is not None:
             feats = self.cmvn.apply(feats)
-        if self.spec_augment:
+        if self.spec_augment and self.state_cache is None:
             feats = spec_augment(feats, rng)
         words = utt.words
         if words is not None and speed != 1.0:

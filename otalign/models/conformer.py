@@ -162,8 +162,9 @@ class ConformerEncoder(nn.Module):
         )
         self.final_norm = nn.LayerNorm(d_model)
 
-    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (states (B, T', D) with zeros on padding, mask (B, T') bool True = valid)."""
+    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor, layer: int | None = None):
+        """Returns (states (B, T', D) with zeros on padding, mask (B, T') bool True = valid), plus,
+        when ``layer`` (1-based) is given, the output of that block (the final states for the last)."""
         if feat_lengths.dim() != 1 or feat_lengths.shape[0] != feats.shape[0]:
             raise ValueError(f"feat_lengths must be (B,) = ({feats.shape[0]},), got {tuple(feat_lengths.shape)}")
         # Zero padded fbank frames so that whatever the collate put there cannot reach valid outputs.
@@ -175,7 +176,15 @@ class ConformerEncoder(nn.Module):
         key_valid = valid.clone()
         key_valid[:, 0] = True
         x = self.pos_enc(x)
-        for block in self.blocks:
+        tapped = None
+        for index, block in enumerate(self.blocks, start=1):
             x = block(x, valid, key_valid)
+            if index == layer:
+                tapped = x
         x = self.final_norm(x)
-        return x.masked_fill(~valid[..., None], 0.0), valid
+        x = x.masked_fill(~valid[..., None], 0.0)
+        if layer is None:
+            return x, valid
+        if not 1 <= layer <= len(self.blocks):
+            raise ValueError(f"layer must be in [1, {len(self.blocks)}], got {layer}")
+        return x, valid, (x if layer == len(self.blocks) else tapped.masked_fill(~valid[..., None], 0.0))

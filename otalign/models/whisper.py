@@ -286,13 +286,31 @@ class WhisperAcousticEncoder(nn.Module):
         x = self._blocks(x, valid, enc.layers[: self.freeze_layers])
         return x.masked_fill(~valid[..., None], 0.0), valid
 
-    def forward_top(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The trainable blocks, final layer norm and pooling, from ``forward_bottom``'s output."""
-        x = self._blocks(states, mask, self.encoder.layers[self.freeze_layers:])
+    def forward_top(self, states: torch.Tensor, mask: torch.Tensor, layer: int | None = None):
+        """The trainable blocks, final layer norm and pooling, from ``forward_bottom``'s output.
+
+        With ``layer`` (1-based, above ``freeze_layers``) it also returns that block's output,
+        pooled like the final states (the last layer's is the final, layer-normed output)."""
+        if layer is not None and not self.freeze_layers < layer <= self.num_layers:
+            raise ValueError(f"layer must be in [{self.freeze_layers + 1}, {self.num_layers}] (above the "
+                             f"{self.freeze_layers} frozen layers), got {layer}")
+        attn = self._attention_mask(mask, states.dtype)
+        x, tapped = states, None
+        for index in range(self.freeze_layers, self.num_layers):
+            x = self.encoder.layers[index](x, attn)
+            if index + 1 == layer and layer < self.num_layers:
+                tapped = x
         x = self.encoder.layer_norm(x)
+        pooled_mask = mask
         if self.pool > 1:
-            x, mask = self._pool(x, mask)
-        return x.masked_fill(~mask[..., None], 0.0), mask
+            x, pooled_mask = self._pool(x, mask)
+            if tapped is not None:
+                tapped, _ = self._pool(tapped, mask)
+        x = x.masked_fill(~pooled_mask[..., None], 0.0)
+        if layer is None:
+            return x, pooled_mask
+        tapped = x if tapped is None else tapped.masked_fill(~pooled_mask[..., None], 0.0)
+        return x, pooled_mask, tapped
 
     def _pool(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, D = x.shape
@@ -303,13 +321,13 @@ class WhisperAcousticEncoder(nn.Module):
         n = nn.functional.pad(w, (0, pad)).view(B, -1, p).sum(2)
         return x / n.clamp(min=1.0)[..., None], n > 0
 
-    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor, layer: int | None = None):
         if self.freeze_layers > 0 and torch.is_grad_enabled():
             with torch.no_grad():
                 states, mask = self.forward_bottom(feats, feat_lengths)
         else:
             states, mask = self.forward_bottom(feats, feat_lengths)
-        return self.forward_top(states, mask)
+        return self.forward_top(states, mask, layer)
 
     @torch.no_grad()
     def bottom_numpy(self, feats: np.ndarray) -> np.ndarray:

@@ -105,19 +105,29 @@ def seed_everything(seed: int) -> None:
 class Trainable(nn.Module):
     """The CTC model plus, during training only, the adapter+aligner of the knowledge transfer."""
 
-    def __init__(self, asr: CTCModel, transfer: KnowledgeTransfer | None):
+    def __init__(self, asr: CTCModel, transfer: KnowledgeTransfer | None, layer: int | None = None,
+                 from_bottom: bool = False):
         super().__init__()
         self.asr = asr
         self.transfer = transfer
+        self.layer = layer
+        """Encoder layer the adapter reads (None = the encoder output)."""
+        self.from_bottom = from_bottom
+        """Inputs are the cached states of a frozen Whisper bottom, not log-mel."""
+
+    def encode(self, feats, feat_lengths, with_layer: bool = False):
+        return self.asr(feats, feat_lengths, layer=self.layer if with_layer else None, from_bottom=self.from_bottom)
 
     def forward(self, feats, feat_lengths, targets, target_lengths, plm_states=None, plm_mask=None):
-        out = self.asr(feats, feat_lengths)
+        transfer_on = self.transfer is not None and plm_states is not None
+        out = self.encode(feats, feat_lengths, with_layer=transfer_on and self.layer is not None)
         ctc_per_utt, ctc_valid = self.asr.ctc_loss(out.log_probs, out.out_lengths, targets, target_lengths)
         zero = out.log_probs.new_zeros(())
         ctc = ctc_per_utt[ctc_valid].sum() / ctc_valid.sum().clamp(min=1)
         kt, aux = zero, zero
-        if self.transfer is not None and plm_states is not None:
-            transferred = self.transfer(out.states, out.mask, plm_states, plm_mask)
+        if transfer_on:
+            states = out.layer_states if out.layer_states is not None else out.states
+            transferred = self.transfer(states, out.mask, plm_states, plm_mask)
             kt, aux = transferred.kt_loss, transferred.aux_loss
         return {"ctc": ctc, "kt": kt, "aux": aux, "ctc_invalid": (~ctc_valid).sum()}
 
@@ -129,7 +139,7 @@ def build_teacher(config: TrainConfig) -> TeacherCache:
 
 
 def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None) -> Trainable:
-    asr = CTCModel(vocab_size, preset=config.model.preset, dropout=config.model.dropout, **config.model.overrides)
+    asr = CTCModel(**CTCModel.config_from_train(to_dict(config)["model"], vocab_size))
     transfer = None
     t = config.transfer
     if t.aligner != "none":
@@ -139,7 +149,7 @@ def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None)
                                      rho_frames=t.rho_frames, partial_mass=t.partial_mass,
                                      order_weight=t.order_weight, n_iter=t.n_iter, grad=t.grad,
                                      adapter_hidden=t.adapter_hidden, aux_weights={"quantity": t.quantity_weight})
-    return Trainable(asr, transfer)
+    return Trainable(asr, transfer, layer=t.layer, from_bottom=asr.freeze_layers > 0)
 
 
 # ----------------------------------------------------------------------------- data
@@ -150,11 +160,27 @@ def load_manifests(paths: list[str], strict: bool) -> list:
     return utterances
 
 
+def check_whisper_durations(utterances, config: TrainConfig, where: str) -> None:
+    """A Whisper encoder takes at most 30 s: refuse longer utterances up front, by name, before
+    any caching (they are never truncated)."""
+    if config.model.frontend == "fbank":
+        return
+    from otalign.data.whisper_features import MAX_WHISPER_SECONDS
+
+    long = [u for u in utterances if u.duration > MAX_WHISPER_SECONDS]
+    if long:
+        named = ", ".join(f"{u.id!r} ({u.duration:.1f} s)" for u in long[:5])
+        raise ValueError(f"{where}: {len(long)} utterance(s) are longer than the {MAX_WHISPER_SECONDS} s window of "
+                         f"{config.model.frontend}: {named}{' ...' if len(long) > 5 else ''}; split them into "
+                         f"segments (manifest offset/duration) or drop them")
+
+
 def make_loader(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train: bool,
-                info: DistInfo, epoch_seed: int) -> tuple[DataLoader, BucketBatchSampler]:
+                info: DistInfo, epoch_seed: int, state_cache=None) -> tuple[DataLoader, BucketBatchSampler]:
     speeds = (0.9, 1.0, 1.1) if train and config.data.speed_perturb else (1.0,)
     dataset = SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir, cmvn=cmvn,
-                            spec_augment=train and config.data.spec_augment, speed_factors=speeds, seed=epoch_seed)
+                            spec_augment=train and config.data.spec_augment, speed_factors=speeds, seed=epoch_seed,
+                            frontend=config.model.frontend, state_cache=state_cache)
     sampler = BucketBatchSampler([u.duration for u in utterances], max_seconds=config.data.max_batch_seconds,
                                  shuffle=train, seed=config.seed, num_replicas=info.world_size, rank=info.rank)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=0), sampler
@@ -187,9 +213,13 @@ def encode_targets(tokenizer: Tokenizer, texts: list[str]) -> tuple[torch.Tensor
 
 # ----------------------------------------------------------------------------- loss and schedule
 def kt_weight(config: TrainConfig, epoch_progress: float) -> float:
-    """lambda, linearly warmed up over ``weight_warmup_epochs`` (epoch_progress counts from 0)."""
+    """lambda: 0 during the CTC-only warm start (``start_epoch`` epochs), then linearly warmed up
+    over ``weight_warmup_epochs`` (epoch_progress counts from 0)."""
+    progress = epoch_progress - config.transfer.start_epoch
+    if progress < 0:
+        return 0.0
     warm = config.transfer.weight_warmup_epochs
-    scale = 1.0 if warm <= 0 else min(1.0, epoch_progress / warm)
+    scale = 1.0 if warm <= 0 else min(1.0, progress / warm)
     return config.transfer.weight * scale
 
 
@@ -224,7 +254,7 @@ def validate(trainable: Trainable, loader: DataLoader, tokenizer: Tokenizer, dev
     refs, hyps = {}, {}
     for batch in loader:
         targets, target_lengths = encode_targets(tokenizer, batch["texts"])
-        out = trainable.asr(batch["feats"].to(device), batch["feat_lengths"].to(device))
+        out = trainable.encode(batch["feats"].to(device), batch["feat_lengths"].to(device))
         per_utt, valid = trainable.asr.ctc_loss(out.log_probs, out.out_lengths, targets.to(device),
                                                 target_lengths.to(device))
         loss_sum += per_utt[valid].sum().item()
@@ -260,7 +290,8 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
     num_batches = max(1, len(loader))
     for index, batch in enumerate(bar):
         weight = kt_weight(config, state.epoch - 1 + index / num_batches)
-        losses = compute_loss(model, batch, tokenizer, teacher, info.device)
+        # During the warm start the transfer is not computed at all (no solver time, no adapter grads).
+        losses = compute_loss(model, batch, tokenizer, teacher if weight > 0 else None, info.device)
         loss = losses["ctc"] + weight * (losses["kt"] + losses["aux"])
         # Every rank must take the same decision, or DDP's gradient all-reduce would hang.
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
@@ -453,8 +484,10 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
     tokenizer = build_tokenizer(config, train_utts, exp_dir, info)
     dev_utts = load_manifests([config.data.dev_manifest], config.data.strict)
 
+    check_whisper_durations(train_utts, config, "data.train_manifests")
+    check_whisper_durations(dev_utts, config, f"data.dev_manifest {config.data.dev_manifest}")
     cmvn = None
-    if config.data.cmvn:
+    if config.data.cmvn and config.model.frontend == "fbank":  # Whisper's log-mel is normalised by its recipe
         cmvn_path = exp_dir / "cmvn.json"
         if info.is_main and not cmvn_path.exists():
             tmp = cmvn_path.with_name(cmvn_path.name + ".tmp")  # atomic: a kill mid-write leaves no half file
@@ -473,11 +506,19 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
         barrier(info)
 
     trainable = build_trainable(config, tokenizer.vocab_size, plm_width).to(info.device)
+    state_cache = None
+    if trainable.from_bottom:
+        state_cache = trainable.asr.encoder.make_bottom_cache(config.data.whisper_cache_dir)
+        if info.is_main:  # each frozen-bottom state is computed once, before training, by rank 0
+            for utt in tqdm(train_utts + dev_utts, desc=f"cache/{config.model.frontend} bottom "
+                            f"{config.model.freeze_layers} layers", disable=not progress):
+                state_cache.states(utt)
+        barrier(info)
     model: nn.Module = trainable
     if info.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             trainable, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     state = EpochState()
 
@@ -496,15 +537,19 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
         # so no step is shown twice (the run restarts from the checkpoint, not from where it died).
         writer = SummaryWriter(str(exp_dir / "tensorboard"), purge_step=state.step + 1 if resume else None)
         n_params = sum(p.numel() for p in trainable.asr.parameters())
-        print(f"[train] {n_params / 1e6:.2f}M ASR parameters, aligner={config.transfer.aligner}, "
+        n_trained = sum(p.numel() for p in trainable.asr.parameters() if p.requires_grad)
+        print(f"[train] {n_params / 1e6:.2f}M ASR parameters ({n_trained / 1e6:.2f}M trained), "
+              f"frontend={config.model.frontend}, aligner={config.transfer.aligner}, "
               f"{len(train_utts)} train / {len(dev_utts)} dev utterances, world_size={info.world_size}")
 
-    dev_loader, _ = make_loader(dev_utts, config, cmvn, train=False, info=info, epoch_seed=config.seed)
+    dev_loader, _ = make_loader(dev_utts, config, cmvn, train=False, info=info, epoch_seed=config.seed,
+                                state_cache=state_cache)
     explained_ctc_impossible = False
     while state.epoch <= config.optim.epochs:
         torch.manual_seed(config.seed * 1000 + state.epoch + info.rank)
         train_loader, sampler = make_loader(train_utts, config, cmvn, train=True, info=info,
-                                            epoch_seed=config.seed * 1000 + state.epoch + 7919 * info.rank)
+                                            epoch_seed=config.seed * 1000 + state.epoch + 7919 * info.rank,
+                                            state_cache=state_cache)
         sampler.set_epoch(state.epoch)
         metrics = train_one_epoch(model, trainable, train_loader, optimizer, scheduler, tokenizer, teacher,
                                   config, state, info, writer, progress=progress)

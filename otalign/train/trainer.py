@@ -175,12 +175,21 @@ def check_whisper_durations(utterances, config: TrainConfig, where: str) -> None
                          f"segments (manifest offset/duration) or drop them")
 
 
+def make_dataset(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train: bool = False, epoch_seed: int = 0,
+                 state_cache=None, trainable: Trainable | None = None) -> SpeechDataset:
+    """The dataset a trainable reads, as configured: fbank (+CMVN) or Whisper log-mel, or, when the
+    Whisper bottom is frozen, its cached states (``state_cache``, or made from ``trainable``)."""
+    if state_cache is None and trainable is not None and trainable.from_bottom:
+        state_cache = trainable.asr.encoder.make_bottom_cache(config.data.whisper_cache_dir)
+    speeds = (0.9, 1.0, 1.1) if train and config.data.speed_perturb else (1.0,)
+    return SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir, cmvn=cmvn,
+                         spec_augment=train and config.data.spec_augment, speed_factors=speeds, seed=epoch_seed,
+                         frontend=config.model.frontend, state_cache=state_cache)
+
+
 def make_loader(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train: bool,
                 info: DistInfo, epoch_seed: int, state_cache=None) -> tuple[DataLoader, BucketBatchSampler]:
-    speeds = (0.9, 1.0, 1.1) if train and config.data.speed_perturb else (1.0,)
-    dataset = SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir, cmvn=cmvn,
-                            spec_augment=train and config.data.spec_augment, speed_factors=speeds, seed=epoch_seed,
-                            frontend=config.model.frontend, state_cache=state_cache)
+    dataset = make_dataset(utterances, config, cmvn, train, epoch_seed, state_cache)
     sampler = BucketBatchSampler([u.duration for u in utterances], max_seconds=config.data.max_batch_seconds,
                                  shuffle=train, seed=config.seed, num_replicas=info.world_size, rank=info.rank)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=0), sampler

@@ -2,7 +2,8 @@
 
 ``epoch_N.pt`` holds everything needed to resume; ``epoch_N.json`` holds its metrics so that
 selection and averaging never load a checkpoint just to read a number (WeNet's yaml sidecar).
-Writes are atomic (temp file + rename), so a run killed mid-save never leaves a corrupt file.
+Writes are atomic (temp file + rename), so a run killed mid-save never leaves a corrupt file, and the
+sidecar is written before its checkpoint, so every ``epoch_N.pt`` on disk has its metrics.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ def save_checkpoint(exp_dir: str | Path, epoch: int, state: dict[str, Any], metr
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     ckpt = exp_dir / f"epoch_{epoch}.pt"
-    _atomic_write(ckpt, lambda p: torch.save(state, p))
     sidecar = exp_dir / f"epoch_{epoch}.json"
+    # The sidecar first: a kill between the two writes then leaves a sidecar without its checkpoint
+    # (ignored by ranking; --resume redoes the epoch and rewrites both). The other order left a
+    # checkpoint that --resume continued from but that ranking, pruning and averaging never saw.
     _atomic_write(sidecar, lambda p: p.write_text(json.dumps({"epoch": epoch, **metrics}, indent=2)))
+    _atomic_write(ckpt, lambda p: torch.save(state, p))
     if keep > 0:
         ranked = rank_checkpoints(exp_dir)
         for stale in ranked[keep:]:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from otalign.align.aligners import OT_ALIGNER_NAMES, build_aligner
-from otalign.align.metrics import FRAME_S, aggregate_metrics, utterance_metrics
+from otalign.align.metrics import aggregate_metrics, utterance_metrics
 from otalign.align.synthetic import AlignmentExample, collate_examples
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "best_row",
     "run_alignment_report",
     "align_command",
+    "trained_teacher",
     "EncodeFn",
     "DEFAULT_RHOS",
     "DEFAULT_EPSILONS",
@@ -66,7 +67,9 @@ TABLE_COLUMNS = (
 )
 
 # A trained checkpoint's encoder, as a callable: manifest utterances -> adapted states at the PLM
-# width (B, T, D) and the frame mask (B, T). Frame i must cover [0.04 i, 0.04 (i+1)) s.
+# width (B, T, D) and the frame mask (B, T). Frame i covers [frame_s i, frame_s (i+1)) s, where
+# frame_s is the model's (``encode_fn.frame_s``; ``otalign.train.evaluate.make_encode_fn`` sets it,
+# with ``encode_fn.targets()``, the teacher the checkpoint was trained with).
 EncodeFn = Callable[[Sequence], tuple[Tensor, Tensor]]
 
 
@@ -287,8 +290,17 @@ def run_alignment_report(
             "best": {name: best_row(rows, name) for name in aligners}}
 
 
-def examples_from_encoder(utterances: Sequence, encode_fn: EncodeFn, teacher, frame_s: float = FRAME_S) -> list[AlignmentExample]:
-    """``AlignmentExample`` objects from a trained encoder's adapted states and real word timings."""
+def examples_from_encoder(utterances: Sequence, encode_fn: EncodeFn, teacher, frame_s: float | None = None
+                          ) -> list[AlignmentExample]:
+    """``AlignmentExample`` objects from a trained encoder's adapted states and real word timings.
+
+    ``frame_s``: seconds per encoder frame; ``None`` = ``encode_fn.frame_s`` (the model's own).
+    """
+    if frame_s is None:
+        frame_s = getattr(encode_fn, "frame_s", None)
+        if frame_s is None:
+            raise ValueError("the frame length of the encoder is unknown: give frame_s= or an encode_fn with a "
+                             "frame_s attribute (otalign.train.evaluate.make_encode_fn sets it from the model)")
     rows = [u if isinstance(u, dict) else u.to_dict() for u in utterances]
     for d in rows:
         if not d.get("words"):
@@ -309,7 +321,7 @@ def examples_from_encoder(utterances: Sequence, encode_fn: EncodeFn, teacher, fr
             list(out.token_strings[b]), out.word_index[b, :n].long(),
             [(float(w["start"]), float(w["end"])) for w in d["words"]],
             [dict(kind=s["kind"], start=float(s["start"]), end=float(s["end"])) for s in d.get("nonspeech") or []],
-            frame_s))
+            float(frame_s)))
     return examples
 
 
@@ -331,6 +343,7 @@ def align_command(
     noise_level: float = 0.3,
     nonspeech_mix: float = 0.3,
     n_iter: int = 200,
+    frame_s: float | None = None,
 ) -> dict:
     """Entry point of ``otalign align``: writes the alignment report under ``out_dir``.
 
@@ -343,10 +356,15 @@ def align_command(
       ``encode_fn(utterances) -> (states (B, T, D_plm), mask (B, T))`` receives a list of
       ``otalign.data.manifest.Utterance`` and returns the **adapted** encoder states (the
       ``KnowledgeTransfer.adapter`` output, at the PLM width) with encoder frame ``i`` covering
-      ``[0.04 i, 0.04 (i+1))`` s. Loading the checkpoint is the caller's job
-      (``otalign.train`` builds ``encode_fn`` from ``ckpt``; ``otalign.align`` cannot import it).
+      ``[frame_s i, frame_s (i+1))`` s. Loading the checkpoint is the caller's job
+      (``otalign.train.evaluate.make_encode_fn`` builds ``encode_fn`` from ``ckpt``;
+      ``otalign.align`` cannot import it).
 
-    ``teacher`` is an object with ``encode(texts) -> TeacherOutput``; ``None`` loads all-MiniLM-L6-v2.
+    ``teacher`` is an object with ``encode(texts) -> TeacherOutput``. For a trained model it must be
+    the teacher the model was trained with, so ``None`` means ``encode_fn.targets()``
+    (``make_encode_fn`` attaches the checkpoint's own), else the ``teacher`` section of the config
+    stored in ``ckpt``; never a default PLM. ``frame_s``: seconds per encoder frame, ``None`` =
+    ``encode_fn.frame_s``. In the synthetic mode ``None`` loads all-MiniLM-L6-v2.
     Returns the dict of :func:`run_alignment_report`.
     """
     if synthetic:
@@ -365,13 +383,34 @@ def align_command(
             raise ValueError(f"a trained model needs encode_fn (built from ckpt={ckpt!r} by the caller); "
                              "or pass synthetic=True")
         if teacher is None:
-            from otalign.text.teacher import PLMTeacher
-
-            teacher = PLMTeacher()
+            teacher = trained_teacher(encode_fn, ckpt)
         utterances = _read_timed(manifest, num_utterances)
-        examples = examples_from_encoder(utterances, encode_fn, teacher)
+        examples = examples_from_encoder(utterances, encode_fn, teacher, frame_s)
     return run_alignment_report(out_dir, examples, aligners, rhos, epsilons, partial_masses, order_weights,
                                 num_heatmaps, n_iter=n_iter)
+
+
+def trained_teacher(encode_fn: EncodeFn | None, ckpt: str | None = None):
+    """The targets a trained model is scored against: ``encode_fn.targets()`` when the encode
+    function carries them (``otalign.train.evaluate.make_encode_fn``), else those of the
+    ``teacher`` section of the config stored in the checkpoint ``ckpt``
+    (``otalign.text.cache.targets_from_config``, the path training and
+    ``train.evaluate.alignment_metrics`` take)."""
+    targets = getattr(encode_fn, "targets", None)
+    if callable(targets):
+        return targets()
+    if ckpt is None:
+        raise ValueError("a trained model must be scored against the teacher it was trained with: give teacher=, "
+                         "ckpt=, or an encode_fn from otalign.train.evaluate.make_encode_fn")
+    from otalign.models.export import CheckpointError, load_checkpoint
+    from otalign.text.cache import targets_from_config
+
+    state = load_checkpoint(ckpt)
+    config = state.get("config") or (state.get("meta") or {}).get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("teacher"), dict):
+        raise CheckpointError(f"checkpoint {ckpt} holds no training config with a 'teacher' section: the teacher "
+                              f"it was trained with is unknown")
+    return targets_from_config(config["teacher"])
 
 
 def _read_timed(manifest: str, num_utterances: int) -> list:

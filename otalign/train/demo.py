@@ -64,8 +64,11 @@ def run_demo(out: str = "exp/demo", corpus: str = "data/demo", overrides: list[s
         from otalign.train.checkpoint import rank_checkpoints
         from otalign.train.evaluate import load_trainable, make_encode_fn
         best = rank_checkpoints(out)[0]["epoch"]
-        trainable, train_config, cmvn = load_trainable(Path(out) / f"epoch_{best}.pt")
-        align_command(ckpt=None, manifest=config.data.test_manifests["test_noisy"], out_dir=str(plots_dir / "trained"),
+        best_ckpt = Path(out) / f"epoch_{best}.pt"
+        trainable, train_config, cmvn = load_trainable(best_ckpt)
+        # the encode function carries the checkpoint's own teacher (model, layer, centring) and frame
+        # length, so the trained plots score against the targets the model was trained on
+        align_command(ckpt=str(best_ckpt), manifest=config.data.test_manifests["test_noisy"], out_dir=str(plots_dir / "trained"),
                       aligners=["ot", "uot", "partial"], rhos=[0.1, 1.0], epsilons=[config.transfer.eps],
                       synthetic=False, num_utterances=8, encode_fn=make_encode_fn(trainable, train_config, cmvn))
         print(f"[demo] trained-model alignment report: {plots_dir / 'trained'}")

@@ -12,14 +12,15 @@ from typing import Callable
 import torch
 
 from otalign.align.metrics import aggregate_metrics, utterance_metrics
-from otalign.data.dataset import SpeechDataset, collate_batch
+from otalign.data.dataset import collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import Utterance
 from otalign.models.export import CheckpointError, load_checkpoint
+from otalign.text.cache import TeacherCache, targets_from_config
 from otalign.text.teacher import teacher_from_config
 from otalign.text.tokenizer import tokenizer_from_dict
 from otalign.train.config import TrainConfig, _from_dict
-from otalign.train.trainer import Trainable, build_teacher, build_trainable
+from otalign.train.trainer import Trainable, build_trainable, make_dataset
 
 
 def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, GlobalCMVN | None]:
@@ -51,20 +52,50 @@ def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, Globa
     return trainable, config, cmvn
 
 
+def checkpoint_targets(config: TrainConfig) -> TeacherCache:
+    """The PLM targets a trained system was trained against, from its stored config: model,
+    layer(s) and centring (``otalign.text.cache.targets_from_config``). Every evaluation of a
+    trained aligner reads its targets here: :func:`alignment_metrics`, ``otalign align --ckpt``
+    and the demo's plots (both through :func:`make_encode_fn`), never a default teacher."""
+    return targets_from_config(config.teacher)
+
+
+def _adapter_inputs(trainable: Trainable, feats: torch.Tensor, feat_lengths: torch.Tensor):
+    """The encoder output and the states the KT adapter reads (the output of ``transfer.layer``
+    where the trainable has one, else the encoder output), as in training."""
+    encode = getattr(trainable, "encode", None)
+    layer = getattr(trainable, "layer", None)
+    if callable(encode):
+        out = encode(feats, feat_lengths, with_layer=layer is not None)
+    else:
+        out = trainable.asr(feats, feat_lengths)
+    states = getattr(out, "layer_states", None)
+    return out, (out.states if states is None else states)
+
+
 def make_encode_fn(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN | None
                    ) -> Callable[[list[Utterance]], tuple[torch.Tensor, torch.Tensor]]:
-    """``encode_fn(utterances) -> (adapted states (B,T,D_plm), mask (B,T))`` for ``otalign align --ckpt``."""
+    """``encode_fn(utterances) -> (adapted states (B,T,D_plm), mask (B,T))`` for ``otalign align --ckpt``.
+
+    The function carries what scoring its output needs, so no caller can pair it with the wrong
+    teacher or frame rate: ``encode_fn.frame_s`` (the model's seconds per frame) and
+    ``encode_fn.targets()`` (:func:`checkpoint_targets`: the teacher the checkpoint was trained with).
+    """
     if trainable.transfer is None or trainable.transfer.adapter is None:
         raise ValueError("this checkpoint was trained without an aligner (transfer.aligner=none): "
                          "it has no adapter into the PLM space to align with")
 
     @torch.no_grad()
     def encode(utterances: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
-        dataset = SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir, cmvn=cmvn)
+        dataset = make_dataset(utterances, config, cmvn, trainable=trainable)
         batch = collate_batch([dataset[i] for i in range(len(utterances))])
-        out = trainable.asr(batch["feats"], batch["feat_lengths"])
-        adapted = trainable.transfer.adapter(out.states) * out.mask[..., None]
+        out, states = _adapter_inputs(trainable, batch["feats"], batch["feat_lengths"])
+        adapted = trainable.transfer.adapter(states) * out.mask[..., None]
         return adapted, out.mask
+
+    encode.frame_s = float(trainable.asr.frame_s)
+    encode.targets = lambda: checkpoint_targets(config)
+    encode.teacher_config = config.teacher
     return encode
 
 
@@ -77,21 +108,23 @@ def alignment_metrics(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMV
     scored = [u for u in utterances if u.words]
     if not scored:
         raise ValueError("alignment metrics need utterances with ground-truth word spans (manifest 'words')")
-    teacher = build_teacher(config)
-    dataset = SpeechDataset(scored, cache_dir=config.data.feature_cache_dir, cmvn=cmvn)
+    teacher = checkpoint_targets(config)
+    frame_s = float(trainable.asr.frame_s)
+    dataset = make_dataset(scored, config, cmvn, trainable=trainable)
     per_utterance = []
     for start in range(0, len(scored), batch_size):
         chunk = list(range(start, min(start + batch_size, len(scored))))
         batch = collate_batch([dataset[i] for i in chunk])
         plm = teacher.get(batch["texts"])
-        out = trainable.asr(batch["feats"], batch["feat_lengths"])
-        transferred = trainable.transfer(out.states, out.mask, plm.states.float(), plm.mask)
+        out, states = _adapter_inputs(trainable, batch["feats"], batch["feat_lengths"])
+        transferred = trainable.transfer(states, out.mask, plm.states.float(), plm.mask)
         for row, index in enumerate(chunk):
             utt = scored[index]
             frames, tokens = int(out.mask[row].sum()), int(plm.mask[row].sum())
             plan = transferred.plan[row, :frames, :tokens]
             nonspeech = [span.to_dict() for span in utt.nonspeech or []]
-            per_utterance.append(utterance_metrics(plan, plm.word_index[row, :tokens], utt.words, nonspeech))
+            per_utterance.append(utterance_metrics(plan, plm.word_index[row, :tokens], utt.words, nonspeech,
+                                                   frame_s=frame_s))
     metrics = aggregate_metrics(per_utterance)
     # Utterances without word timings cannot be scored; count them rather than drop them silently.
     metrics["num_without_word_spans"] = len(utterances) - len(scored)

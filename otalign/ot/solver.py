@@ -42,6 +42,11 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
+try:  # optional: only the CPU fast path of the loop uses it (see _NumpyVectors)
+    import numpy as np
+except ImportError:  # pragma: no cover - torch works without NumPy
+    np = None
+
 from otalign.ot.costs import temporal_order_cost
 
 __all__ = ["solve", "TransportProblem", "TransportResult"]
@@ -55,6 +60,9 @@ _ANCHOR_THRESHOLD = {torch.float32: 10.0, torch.float64: 100.0}
 # Unrolled gradients of (semi-)unbalanced OT use _UnrolledSinkhorn's reverse pass; False falls
 # back to plain autograd through the loop (same numbers, ~3x slower backward; tests compare).
 _HAND_WRITTEN_REVERSE = True
+# CPU loops without autograd run their vector arithmetic in NumPy (see _NumpyVectors); tests
+# compare against False (torch throughout).
+_NUMPY_LOOP = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +253,7 @@ class _StabilisedKernel:
         # |drift| = 3 * threshold (fp32: lost terms < e^(60-87) relative)
         self.lse_limit = 3 * threshold
         self.n_rebuilds = 0
-        log_kernel_t = problem.log_kernel.transpose(1, 2).contiguous()  # (B,N,T)
+        log_kernel_t = _transposed(problem.log_kernel)  # (B,N,T)
         # -inf on the padding each kernel must ignore; the other side keeps finite placeholders
         self.log_k = torch.where(problem.col_mask[:, :, None], log_kernel_t, -math.inf) if problem.padded_cols else log_kernel_t
         self.log_h_t = torch.where(problem.row_mask[:, None, :], log_kernel_t, -math.inf) if problem.padded_rows else log_kernel_t
@@ -257,9 +265,14 @@ class _StabilisedKernel:
     def anchor_col_potential(self, psi_hat: Tensor) -> None:
         """(Re)build the row-sum kernel ``K`` at column potential ``psi_hat`` (B,N)."""
         self.psi_hat = psi_hat.detach()
-        shifted = self.log_k + self.psi_hat[:, :, None]  # (B,N,T), fresh: safe to modify in place
-        self.row_shift = shifted.detach().amax(1)  # sigma (B,T); finite: every item has a valid column
-        self.row_kernel = shifted.sub_(self.row_shift[:, None, :]).exp_()
+        if self.n_rebuilds == 0 and not bool(self.psi_hat.any()):  # the first anchor is usually 0
+            self.row_shift = self.log_k.detach().amax(1)
+            shifted = self.log_k - self.row_shift[:, None, :]
+        else:
+            shifted = self.log_k + self.psi_hat[:, :, None]  # (B,N,T), fresh: safe to modify in place
+            self.row_shift = shifted.detach().amax(1)  # sigma (B,T); finite: every item has a valid column
+            shifted.sub_(self.row_shift[:, None, :])
+        self.row_kernel = _exp_(shifted)
         self.n_rebuilds += 1
 
     def anchor_row_potential(self, phi_hat: Tensor) -> None:
@@ -268,7 +281,7 @@ class _StabilisedKernel:
         with torch.no_grad():
             self.col_shift = (self.log_h_t + self.phi_hat[:, None, :]).amax(-1)  # tau (B,N)
         shifted = self.log_h + self.phi_hat[:, :, None]  # (B,T,N)
-        self.col_kernel = shifted.sub_(self.col_shift[:, None, :]).exp_()
+        self.col_kernel = _exp_(shifted.sub_(self.col_shift[:, None, :]))
         self.n_rebuilds += 1
 
     def row_sums(self, v: Tensor) -> Tensor:
@@ -323,13 +336,109 @@ class _StabilisedKernel:
 # --------------------------------------------------------------------------------------------
 # The steps of each variant, and the one loop
 # --------------------------------------------------------------------------------------------
+def _untracked_cpu(x: Tensor) -> bool:
+    """``x`` may be handed to NumPy: a CPU tensor that autograd does not track."""
+    return _NUMPY_LOOP and np is not None and x.device.type == "cpu" and not x.requires_grad
+
+
+def _exp_(x: Tensor) -> Tensor:
+    """``x.exp_()``; through NumPy (same memory) where allowed, ~2x faster on one CPU core."""
+    if _untracked_cpu(x):
+        array = x.numpy()
+        np.exp(array, out=array)
+        return x
+    return x.exp_()
+
+
+def _transposed(x: Tensor) -> Tensor:
+    """(B,T,N) -> contiguous (B,N,T); NumPy's blocked copy is ~1.7x faster than torch's on CPU."""
+    if _untracked_cpu(x):
+        return torch.from_numpy(np.ascontiguousarray(x.numpy().transpose(0, 2, 1)))
+    return x.transpose(1, 2).contiguous()
+
+
+class _TorchVectors:
+    """The loop's vector arithmetic in torch: any device, autograd through every op."""
+
+    matmul = staticmethod(torch.bmm)
+    exp = staticmethod(torch.exp)
+    log = staticmethod(torch.log)
+
+    @staticmethod
+    def affine(offset, x, alpha: float):
+        """``offset + alpha * x`` (one fused op)."""
+        return torch.add(offset, x, alpha=alpha)
+
+    @staticmethod
+    def max_abs(x) -> float:
+        return x.detach().abs().max().item()
+
+    @staticmethod
+    def detach(x):
+        return x.detach()
+
+    @staticmethod
+    def array(tensor: Tensor):
+        return tensor
+
+    @staticmethod
+    def tensor(x) -> Tensor:
+        return x
+
+
+class _NumpyVectors(_TorchVectors):
+    """The same arithmetic in NumPy on views of the same CPU memory, for loops without autograd.
+
+    Why: at (32,250,30) fp32 on one core, NumPy's stacked ``matmul`` is ~1.2x faster than
+    ``torch.bmm`` for the (1,K)@(K,M) mat-vecs and its ``exp``/``log`` ~2x faster on (B,T)
+    vectors, and each op dispatches in ~1 us instead of ~3 us: one iteration measured ~60 us
+    against ~90 us (``bench/solver.py``). Chosen automatically by :func:`_vectors_for`."""
+
+    @staticmethod
+    def affine(offset, x, alpha: float):
+        out = np.multiply(x, alpha)
+        out += offset
+        return out
+
+    @staticmethod
+    def max_abs(x) -> float:
+        return float(np.abs(x).max())
+
+    @staticmethod
+    def detach(x):
+        return x
+
+    @staticmethod
+    def array(tensor: Tensor):
+        return tensor.numpy()
+
+    @staticmethod
+    def tensor(x) -> Tensor:
+        return torch.from_numpy(x)
+
+
+if np is not None:
+    _NumpyVectors.matmul = staticmethod(np.matmul)
+    _NumpyVectors.exp = staticmethod(np.exp)
+    _NumpyVectors.log = staticmethod(np.log)
+
+
+def _vectors_for(problem: TransportProblem):
+    """NumPy for CPU loops that autograd does not record (the forward of every gradient mode
+    but ``last_step``'s final step and plain-autograd unrolling), torch otherwise."""
+    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (problem.log_kernel, problem.log_a, problem.log_b))
+    if _NUMPY_LOOP and np is not None and problem.log_kernel.device.type == "cpu" and not tracked:
+        return _NumpyVectors
+    return _TorchVectors
+
+
 @dataclass
 class _ScalingState:
     """Unbalanced/balanced iterate: ``phi = u_anchor + log u``, ``psi = v_anchor + log_v``."""
 
-    u: Tensor  # (B,1,T)
+    u: Tensor  # (B,1,T) (a NumPy array in a NumPy loop, see _NumpyVectors)
     u_anchor: Tensor  # (B,T), detached
-    log_v: Tensor  # (B,1,N)
+    log_v: Tensor  # (B,1,N) (likewise)
     v_anchor: Tensor  # (B,N), detached
 
 
@@ -357,8 +466,9 @@ class _UnbalancedSteps:
         self.lam_rows = problem.lam_rows
         self.lam_cols = problem.lam_cols
         self.tape: Optional[list] = None
+        self.ops = _vectors_for(problem)
         self._unchecked_left = 0  # iterations whose drift check may be skipped (see _needs_check)
-        self._previous_log_v: Tensor = torch.zeros_like(problem.log_b)[:, None, :]
+        self._previous_log_v = self.ops.array(torch.zeros_like(problem.log_b)[:, None, :])
         if psi_hat is None:
             psi_hat = torch.zeros_like(problem.log_b)
         self.kernel = _StabilisedKernel(problem, threshold, psi_hat)
@@ -373,34 +483,37 @@ class _UnbalancedSteps:
         if k.drifted(log_c_row, self.threshold):
             k.anchor_row_potential(self.lam_rows * (p.log_a - k.row_shift))
             log_c_row = self.lam_rows * (p.log_a - k.row_shift) - k.phi_hat  # 0 in value, keeps grad to log a
-        self.log_c_row = log_c_row[:, None, :]
-        self.c_row = torch.exp(self.log_c_row)
-        self.log_c_col = (self.lam_cols * (p.log_b - k.col_shift) - k.psi_hat)[:, None, :]
+        ops = self.ops
+        self.log_c_row = ops.array(log_c_row[:, None, :])
+        self.c_row = ops.exp(self.log_c_row)
+        self.log_c_col = ops.array((self.lam_cols * (p.log_b - k.col_shift) - k.psi_hat)[:, None, :])
+        # the kernels as the loop's arrays (views, no copy)
+        self.row_kernel, self.col_kernel = ops.array(k.row_kernel), ops.array(k.col_kernel)
 
     def initial_state(self) -> _ScalingState:
-        k = self.kernel
-        return _ScalingState(torch.ones_like(k.phi_hat)[:, None, :], k.phi_hat, torch.zeros_like(k.psi_hat)[:, None, :], k.psi_hat)
+        k, ops = self.kernel, self.ops
+        return _ScalingState(ops.array(torch.ones_like(k.phi_hat)[:, None, :]), k.phi_hat, ops.array(torch.zeros_like(k.psi_hat)[:, None, :]), k.psi_hat)
 
     def step(self, state: _ScalingState) -> _ScalingState:
-        k = self.kernel
-        v = torch.exp(state.log_v)
-        row_sums = k.row_sums(v)
+        k, ops = self.kernel, self.ops
+        v = ops.exp(state.log_v)
+        row_sums = ops.matmul(v, self.row_kernel)  # K v, see _StabilisedKernel.row_sums
         if self.lam_rows == 1.0:
             u = self.c_row / row_sums
         else:  # exp(log c - lam log s): fewer ops than c * s^-lam, and pow is slow on CPU
-            u = torch.exp(torch.add(self.log_c_row, torch.log(row_sums), alpha=-self.lam_rows))
+            u = ops.exp(ops.affine(self.log_c_row, ops.log(row_sums), -self.lam_rows))
         u_anchor = k.phi_hat
-        col_sums = k.col_sums(u)
+        col_sums = ops.matmul(u, self.col_kernel)  # H^T u
         if self.tape is not None:  # what _UnrolledSinkhorn.backward needs: vectors, kernel references
             self.tape.append((k.row_kernel, k.col_kernel, v, row_sums, u, col_sums))
         if self.lam_cols == 1.0:
-            log_v = self.log_c_col - torch.log(col_sums)
+            log_v = self.log_c_col - ops.log(col_sums)
         else:
-            log_v = torch.add(self.log_c_col, torch.log(col_sums), alpha=-self.lam_cols)
+            log_v = ops.affine(self.log_c_col, ops.log(col_sums), -self.lam_cols)
         if self._needs_check(log_v):
-            k.anchor_col_potential(k.psi_hat + log_v[:, 0, :])
-            log_v = log_v - log_v.detach()  # 0 in value, keeps the autograd path
-            self._previous_log_v = torch.zeros_like(log_v)
+            k.anchor_col_potential(k.psi_hat + ops.tensor(log_v)[:, 0, :])
+            log_v = log_v - ops.detach(log_v)  # 0 in value, keeps the autograd path
+            self._previous_log_v = ops.detach(log_v) * 0
             self._refresh()
         return _ScalingState(u, u_anchor, log_v, k.psi_hat)
 
@@ -414,14 +527,14 @@ class _UnbalancedSteps:
         if self._unchecked_left > 0:
             self._unchecked_left -= 1
             return False
-        log_v = log_v.detach()
-        drift = log_v.abs().max().item()
+        log_v = self.ops.detach(log_v)
+        drift = self.ops.max_abs(log_v)
         if not math.isfinite(drift):
             # only a cost/eps beyond what the dtype can resolve gets here (finite inputs, checked)
             raise ValueError(f"cost / eps overflows {log_v.dtype} inside the iteration (max |cost| / eps = {self.problem.max_scaled_cost:.3g}); rescale cost, raise eps or use float64")
         if drift > self.threshold:
             return True
-        change = (log_v - self._previous_log_v).abs().max().item()
+        change = self.ops.max_abs(log_v - self._previous_log_v)
         self._previous_log_v = log_v
         # 1% and one iteration of margin for rounding in the log-sum-exps
         self._unchecked_left = min(50, int((self.threshold - drift) / (1.01 * change + 1e-6)) - 1)
@@ -429,7 +542,8 @@ class _UnbalancedSteps:
 
     def potentials(self, state: _ScalingState) -> tuple[Tensor, Tensor]:
         """-> (phi, psi) as (B,T), (B,N), unmasked (padding holds finite junk)."""
-        return state.u_anchor + torch.log(state.u[:, 0, :]), state.v_anchor + state.log_v[:, 0, :]
+        u, log_v = self.ops.tensor(state.u), self.ops.tensor(state.log_v)
+        return state.u_anchor + torch.log(u[:, 0, :]), state.v_anchor + log_v[:, 0, :]
 
     def residual(self, state: _ScalingState) -> Tensor:
         """(B,) optimality residual (``TransportResult.error``) of the iterate, after the optimal
@@ -576,7 +690,8 @@ class _UnrolledSinkhorn(torch.autograd.Function):
         transposed: dict[int, Tensor] = {}
         last = len(ctx.tape) - 1
         for position in range(last, -1, -1):
-            row_kernel, col_kernel, v, row_sums, u, col_sums = ctx.tape[position]
+            row_kernel, col_kernel, *vectors = ctx.tape[position]
+            v, row_sums, u, col_sums = (torch.as_tensor(x) for x in vectors)  # NumPy loops tape arrays
             if id(row_kernel) not in transposed:
                 transposed[id(row_kernel)] = row_kernel.transpose(1, 2).contiguous()
             if id(col_kernel) not in transposed:
@@ -775,7 +890,7 @@ def _plan(problem: TransportProblem, phi: Tensor, psi: Tensor) -> Tensor:
     """``P = exp(L + phi + psi)``; -inf in the masked kernel makes padding an exact 0 (zero
     gradient, whatever the junk potentials there)."""
     log_plan = problem.masked_log_kernel + phi[:, :, None]  # fresh tensor: in-place below is safe
-    return log_plan.add_(psi[:, None, :]).exp_()
+    return _exp_(log_plan.add_(psi[:, None, :]))
 
 
 def _unbalanced_error(problem: TransportProblem, kernel: _StabilisedKernel, phi: Tensor, psi: Tensor) -> Tensor:
@@ -976,7 +1091,8 @@ def _make_problem(
     # A finite cost / eps can still be beyond the dtype (1e36 / 0.05 in fp32): the log-domain
     # iteration adds and subtracts numbers of size |C|/eps, so once |C|/eps * machine epsilon
     # exceeds 1 the plan's entries are wrong by more than a factor e (or overflow to NaN).
-    max_scaled_cost = float(cost.detach().abs().amax()) / eps
+    smallest, largest = torch.aminmax(cost.detach())  # one pass, no (B,T,N) temporary
+    max_scaled_cost = max(-float(smallest), float(largest)) / eps
     if not max_scaled_cost * torch.finfo(dtype).eps <= 1.0:
         scaled = cost.detach().abs().flatten(1).amax(-1) / eps
         bad = (~(scaled * torch.finfo(dtype).eps <= 1.0)).nonzero().flatten().tolist()

@@ -28,6 +28,7 @@ __all__ = [
     "TruncatedAudio",
     "MultichannelAudio",
     "load_audio",
+    "load_utterance_audio",
     "resample",
     "compute_fbank",
     "num_frames",
@@ -132,10 +133,21 @@ def load_audio(path: str | os.PathLike, offset_s: float = 0.0, duration_s: float
         elif allow_multichannel:
             samples = samples.mean(axis=1)
         else:
-            raise MultichannelAudio(f"audio file {path} has {samples.shape[1]} channels; only mono is accepted")
+            raise MultichannelAudio(f"audio file {path} has {samples.shape[1]} channels; only mono is accepted "
+                                    f"(otalign prepare --allow-multichannel downmixes it and records "
+                                    f"\"downmix\": true in the manifest)")
     if samples.size == 0:
         raise EmptyAudio(f"audio file {path} holds no samples")
     return np.ascontiguousarray(samples, dtype=np.float32), int(sample_rate)
+
+
+def load_utterance_audio(utt) -> tuple[np.ndarray, int]:
+    """The samples of a manifest entry (``otalign.data.manifest.Utterance``) as float32 mono and
+    its sample rate: its segment (``offset``, bounded by ``duration``), and the mean of its channels
+    when the entry says ``downmix`` (what ``prepare --allow-multichannel`` accepted and recorded).
+    Every reader of a manifest's audio (training, CMVN, decoding) goes through this, so each
+    accepts exactly what ``prepare`` accepted, downmixed the same way."""
+    return load_audio(utt.audio_filepath, utt.offset, utt.duration, allow_multichannel=bool(getattr(utt, "downmix", False)))
 
 
 def _read_soundfile(path: str, offset_s: float, duration_s: float | None) -> tuple[np.ndarray, int]:
@@ -279,7 +291,7 @@ class GlobalCMVN:
         def features():
             for utt in utterances:
                 try:
-                    samples, rate = load_audio(utt.audio_filepath, utt.offset, utt.duration)
+                    samples, rate = load_utterance_audio(utt)
                 except AudioError as err:
                     raise ValueError(f"utterance {utt.id!r}: {err}") from err
                 yield compute_fbank(samples, rate)

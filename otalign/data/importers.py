@@ -36,6 +36,12 @@ def probe_audio(path: str | os.PathLike, allow_multichannel: bool = False) -> tu
     Reads the header with soundfile when it can (fast); otherwise decodes the file with PyAV.
     Rejects missing, empty (no samples) and multi-channel files (unless ``allow_multichannel``).
     """
+    duration, sample_rate, _ = _probe(path, allow_multichannel)
+    return duration, sample_rate
+
+
+def _probe(path: str | os.PathLike, allow_multichannel: bool) -> tuple[float, int, int]:
+    """:func:`probe_audio` plus the number of channels."""
     import soundfile as sf
 
     path = check_audio_file(path)
@@ -43,7 +49,9 @@ def probe_audio(path: str | os.PathLike, allow_multichannel: bool = False) -> tu
         info = sf.info(path)
     except Exception:
         samples, sample_rate = load_audio(path, allow_multichannel=allow_multichannel)
-        return samples.size / sample_rate, sample_rate
+        # load_audio refused several channels or averaged them: only PyAV can say how many there were
+        channels = _pyav_channels(path) if allow_multichannel else 1
+        return samples.size / sample_rate, sample_rate, channels
     if info.frames <= 0:
         raise EmptyAudio(f"audio file {path} holds no samples")
     if info.channels != 1 and not allow_multichannel:
@@ -59,7 +67,17 @@ def probe_audio(path: str | os.PathLike, allow_multichannel: bool = False) -> tu
         raise
     except Exception as err:
         raise CorruptAudio(f"audio file {path} is corrupt ({err})") from err
-    return info.frames / info.samplerate, info.samplerate
+    return info.frames / info.samplerate, info.samplerate, info.channels
+
+
+def _pyav_channels(path: str) -> int:
+    try:
+        import av
+
+        with av.open(path, format="g722" if path.endswith(".g722") else None) as container:
+            return int(container.streams.audio[0].codec_context.channels)
+    except Exception:  # noqa: BLE001 - load_audio read it; a count it cannot give is taken as mono
+        return 1
 
 
 def _read_table(path: Path, counter: SkipCounter, min_fields: int = 2) -> dict[str, str]:
@@ -92,7 +110,7 @@ def _make_utterance(utt_id: str, audio_path: str, raw_text: str, speaker: str, c
         counter.skip(where, f"transcript {raw_text!r} is empty after normalisation", "empty transcript")
         return None
     try:
-        duration, sample_rate = probe_audio(audio_path, allow_multichannel)
+        duration, sample_rate, channels = _probe(audio_path, allow_multichannel)
     except AudioError as err:
         counter.skip(where, str(err), err.category)  # classified by type, not by message text
         return None
@@ -102,8 +120,13 @@ def _make_utterance(utt_id: str, audio_path: str, raw_text: str, speaker: str, c
                          "bad segment")
             return None
         duration = end - offset
+    # A multichannel file accepted under allow_multichannel is recorded as such, so that training
+    # and decoding read it the same way (the mean of its channels) instead of refusing it.
+    extra: dict[str, Any] = {"raw_text": raw_text}
+    if channels > 1:
+        extra["channels"] = channels
     return Utterance(id=utt_id, audio_filepath=str(Path(audio_path).resolve()), duration=duration, text=text,
-                     speaker=speaker, sample_rate=sample_rate, offset=offset, extra={"raw_text": raw_text})
+                     speaker=speaker, sample_rate=sample_rate, offset=offset, downmix=channels > 1, extra=extra)
 
 
 def _finish(counter: SkipCounter, utterances: list[Utterance], out_manifest: str | os.PathLike) -> dict[str, Any]:

@@ -11,6 +11,8 @@ Each line is a JSON object close to NeMo's (``audio_filepath``, ``duration``, ``
 
 Required: ``id``, ``audio_filepath``, ``duration`` (seconds, > 0) and ``text``.
 Optional: ``speaker`` (default ``""``), ``sample_rate`` (of the audio file, default 16000),
+``downmix`` (``true``: the audio file has several channels and is read as their mean, as
+``otalign prepare --allow-multichannel`` accepted it; without it a multichannel file is refused),
 ``offset`` (seconds into the audio file where the utterance starts, as in NeMo; used for Kaldi
 ``segments``), ``words`` (ground-truth word spans in seconds, relative to the utterance start),
 ``nonspeech`` (annotated silence/noise-only segments with no words) and ``noise`` (background noise
@@ -130,6 +132,7 @@ class Utterance:
     words: list[WordSpan] | None = None
     nonspeech: list[NonSpeechSpan] | None = None
     noise: NoiseInfo | None = None
+    downmix: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, manifest_dir: Path | None = None) -> dict[str, Any]:
@@ -149,6 +152,8 @@ class Utterance:
         }
         if self.offset:
             out["offset"] = round(self.offset, 4)
+        if self.downmix:
+            out["downmix"] = True
         if self.words is not None:
             out["words"] = [w.to_dict() for w in self.words]
         if self.nonspeech is not None:
@@ -185,6 +190,9 @@ class Utterance:
         sample_rate = record.get("sample_rate", 16000)
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise ValueError(f"utterance {utt_id!r}: 'sample_rate' must be a positive integer")
+        downmix = record.get("downmix", False)
+        if not isinstance(downmix, bool):
+            raise ValueError(f"utterance {utt_id!r}: 'downmix' must be true or false, got {downmix!r}")
         offset = float(record.get("offset", 0.0))
         if offset < 0:
             raise ValueError(f"utterance {utt_id!r}: 'offset' must be >= 0")
@@ -230,7 +238,7 @@ class Utterance:
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"utterance {utt_id!r}: malformed noise {record['noise']!r}") from err
         known = {"id", "key", "audio_filepath", "duration", "text", "speaker", "sample_rate", "offset",
-                 "words", "nonspeech", "noise"}
+                 "words", "nonspeech", "noise", "downmix"}
         return cls(
             id=utt_id,
             audio_filepath=path,
@@ -242,6 +250,7 @@ class Utterance:
             words=words,
             nonspeech=nonspeech,
             noise=noise,
+            downmix=downmix,
             extra={k: v for k, v in record.items() if k not in known},
         )
 

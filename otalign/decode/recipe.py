@@ -136,7 +136,9 @@ def decode_manifest(
                         items.append(dataset[i])
                     except AudioError as error:  # one bad file must not stop the others
                         if strict:
-                            raise ValueError(f"utterance {utterances[i].id!r} ({utterances[i].audio_filepath}): {error}") from error
+                            named = str(error).startswith(f"utterance {utterances[i].id!r}")  # the dataset names it
+                            raise ValueError(str(error) if named else f"utterance {utterances[i].id!r} "
+                                             f"({utterances[i].audio_filepath}): {error}") from error
                         skipped.append({"where": f"utterance {utterances[i].id!r}", "reason": f"{type(error).__name__}: {error}"})
                 if not items:
                     continue

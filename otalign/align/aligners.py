@@ -71,11 +71,15 @@ class AlignOutput(NamedTuple):
             zero on padding; ``None`` for ``none``.
         aux_losses: named scalar losses the aligner wants added to the training loss
             (``cif``: ``quantity``); empty for the others.
+        solver: the OT aligners' convergence report over the batch (``max_error``: the largest
+            marginal/optimality residual of the solve, ``converged``: the fraction of items that
+            met the tolerance); empty for the others.
     """
 
     aligned: Tensor
     plan: Tensor | None
     aux_losses: dict[str, Tensor]
+    solver: dict[str, float] = {}
 
 
 def _check_inputs(enc_states: Tensor, enc_mask: Tensor, plm_states: Tensor, plm_mask: Tensor) -> None:
@@ -193,30 +197,38 @@ class OTAligner(Aligner):
             options.update(order_weight=self.order_weight)
         return options
 
-    def transport_plan(self, enc_states: Tensor, enc_mask: Tensor, plm_states: Tensor, plm_mask: Tensor) -> Tensor:
-        """The (B, T, N) plan for the cosine cost between frames and tokens."""
+    def transport_plan(self, enc_states: Tensor, enc_mask: Tensor, plm_states: Tensor, plm_mask: Tensor,
+                       report: dict[str, float] | None = None) -> Tensor:
+        """The (B, T, N) plan for the cosine cost between frames and tokens; ``report``, when
+        given, receives the solve's ``max_error`` and ``converged`` fraction."""
         from otalign.ot import cosine_cost, solve
 
         cost = cosine_cost(enc_states, plm_states)
         # the solver rejects items without a valid frame or token (an empty transcript): solve the
         # others and give those an all-zero plan
         solvable = enc_mask.any(dim=1) & plm_mask.any(dim=1)
+        result = None
         if bool(solvable.all()):
-            plan = solve(cost, enc_mask, plm_mask, **self.solver_options()).plan
+            result = solve(cost, enc_mask, plm_mask, **self.solver_options())
+            plan = result.plan
         else:
             plan = cost.new_zeros(cost.shape)
             if bool(solvable.any()):
                 index = solvable.nonzero().squeeze(1)
-                sub = solve(cost[index], enc_mask[index], plm_mask[index], **self.solver_options()).plan
-                plan = plan.index_put((index,), sub)
+                result = solve(cost[index], enc_mask[index], plm_mask[index], **self.solver_options())
+                plan = plan.index_put((index,), result.plan)
+        if report is not None and result is not None:
+            report["max_error"] = float(result.error.detach().max())
+            report["converged"] = float(result.converged.float().mean())
         # the solver zeroes padding already; the mask keeps that true whatever it returns
         return plan * (enc_mask[:, :, None] & plm_mask[:, None, :]).to(plan.dtype)
 
     def forward(self, enc_states, enc_mask, plm_states, plm_mask) -> AlignOutput:
         _check_inputs(enc_states, enc_mask, plm_states, plm_mask)
-        plan = self.transport_plan(enc_states, enc_mask, plm_states, plm_mask)
+        report: dict[str, float] = {}
+        plan = self.transport_plan(enc_states, enc_mask, plm_states, plm_mask, report)
         weights = plan.detach() if self.detach_plan else plan
-        return AlignOutput(pool_with_plan(weights, enc_states, self.min_token_mass), plan, {})
+        return AlignOutput(pool_with_plan(weights, enc_states, self.min_token_mass), plan, {}, report)
 
 
 def sinusoidal_positions(num_positions: int, dim: int, device=None, dtype=torch.float32) -> Tensor:

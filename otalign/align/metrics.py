@@ -69,6 +69,7 @@ METRIC_NAMES = (
     "boundary_error_ms",
     "start_error_ms",
     "end_error_ms",
+    "plan_entropy",
 )
 
 
@@ -147,6 +148,7 @@ class UtteranceMetrics:
     boundary_error_ms: float  # nan when no word has mass
     start_error_ms: float
     end_error_ms: float
+    plan_entropy: float  # mean over tokens of the normalised entropy of their frame distribution
     # pooled sums (for micro averages)
     tokens_recalled: int = 0
     tokens_covered: int = 0
@@ -174,6 +176,22 @@ def _as_spans(items: Iterable) -> list[tuple[float, float]]:
         else:
             spans.append((float(item[0]), float(item[1])))
     return spans
+
+
+def token_plan_entropy(plan: np.ndarray) -> float:
+    """Mean over tokens with mass of the entropy of the token's distribution over frames, divided
+    by log T: 1 for a flat column (the uniform plan, chance), 0 for a token on one frame. Whether
+    a trained aligner's plans sharpen shows here, whatever their precision."""
+    p = np.asarray(plan, dtype=np.float64)
+    num_frames = p.shape[0]
+    mass = p.sum(axis=0)
+    keep = mass > 0
+    if num_frames < 2 or not keep.any():
+        return math.nan
+    q = p[:, keep] / mass[keep]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(q > 0, q * np.log(q), 0.0).sum(axis=0)
+    return float(h.mean() / math.log(num_frames))
 
 
 def utterance_metrics(
@@ -228,7 +246,7 @@ def utterance_metrics(
         return UtteranceMetrics(0, num_frames, *([nan] * len(METRIC_NAMES)))
     if total <= 0:
         # nothing was detected: every token is missed, mass fractions are undefined
-        return UtteranceMetrics(num_tokens, num_frames, 0.0, 0.0, 0.0, 0.0, *([nan] * 7))
+        return UtteranceMetrics(num_tokens, num_frames, 0.0, 0.0, 0.0, 0.0, *([nan] * 8))
 
     # recall: argmax frame inside the span; a token without mass is a miss
     peak = p.argmax(axis=0)
@@ -299,6 +317,7 @@ def utterance_metrics(
         boundary_error_ms=mean(errors),
         start_error_ms=mean(start_errors),
         end_error_ms=mean(end_errors),
+        plan_entropy=token_plan_entropy(p),
         tokens_recalled=int(recalled.sum()),
         tokens_covered=int(covered.sum()),
         word_errors_ms=errors,
@@ -322,7 +341,8 @@ def aggregate_metrics(per_utterance: Sequence[UtteranceMetrics]) -> dict[str, fl
     }
     n_tokens = out["num_tokens"]
     # micro: tokens pooled; mass metrics weighted by token count (plan rescaled to mass N_u)
-    for name in ("precision", "mass_outside_words", "mass_on_nonspeech", "mass_on_silence", "mass_on_noise"):
+    for name in ("precision", "mass_outside_words", "mass_on_nonspeech", "mass_on_silence", "mass_on_noise",
+                 "plan_entropy"):
         pairs = [(m.num_tokens, getattr(m, name)) for m in scored if not math.isnan(getattr(m, name))]
         weight = sum(w for w, _ in pairs)
         out[f"micro_{name}"] = sum(w * v for w, v in pairs) / weight if weight else math.nan

@@ -48,6 +48,7 @@ class TransferOutput(NamedTuple):
         num_tokens: number of tokens that entered the KT mean.
         num_empty_utterances: utterances that had no valid token or no valid frame.
         aux_losses: the unweighted auxiliary losses by name (for logging).
+        solver: the OT aligner's convergence report (``AlignOutput.solver``); empty otherwise.
     """
 
     kt_loss: Tensor
@@ -57,6 +58,7 @@ class TransferOutput(NamedTuple):
     num_tokens: int
     num_empty_utterances: int
     aux_losses: dict[str, Tensor]
+    solver: dict[str, float] = {}
 
 
 def token_cosine_loss(aligned: Tensor, target: Tensor, min_norm: float = 1e-12) -> Tensor:
@@ -135,4 +137,5 @@ class KnowledgeTransfer(nn.Module):
         aux_loss = zero
         for name, value in out.aux_losses.items():
             aux_loss = aux_loss + self.aux_weights.get(name, 1.0) * value
-        return TransferOutput(kt_loss, aux_loss, out.plan, out.aligned, num_tokens, num_empty, dict(out.aux_losses))
+        return TransferOutput(kt_loss, aux_loss, out.plan, out.aligned, num_tokens, num_empty, dict(out.aux_losses),
+                              dict(out.solver))

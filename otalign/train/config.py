@@ -149,6 +149,9 @@ class TrainConfig:
     average_best: int = 3
     """Number of best checkpoints (by dev loss) averaged into avg.pt after training; 1 = best only."""
     log_every: int = 20
+    dev_alignment_utterances: int = 64
+    """Every epoch, the aligner's precision, token recall, mass on silence/noise and plan entropy
+    are measured on this many dev utterances with word timings (0 = off)."""
     threads: int = 0
     """torch intra-op threads per process (0 = leave torch's default)."""
 
@@ -342,6 +345,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "keep_checkpoints": (0, math.inf, True, False, False),
     "average_best": (1, math.inf, True, False, False),
     "log_every": (1, math.inf, True, False, False),
+    "dev_alignment_utterances": (0, math.inf, True, False, False),
     "threads": (0, 4096, True, True, False),
     "data.max_batch_seconds": (0, math.inf, False, False, False),
     "model.dropout": (0, 1, True, False, False),
@@ -499,7 +503,7 @@ def validate(config: TrainConfig) -> None:
 # log or keep, which sets to test afterwards. Every other key changes the model or its data, so a
 # difference refuses the resume (unless --force).
 RESUME_NEUTRAL_KEYS = frozenset({
-    "exp_dir", "optim.epochs", "optim.max_bad_batches", "log_every", "threads", "keep_checkpoints",
+    "exp_dir", "optim.epochs", "optim.max_bad_batches", "log_every", "dev_alignment_utterances", "threads", "keep_checkpoints",
     "average_best", "data.test_manifests", "data.feature_cache_dir", "teacher.cache_dir",
     "data.whisper_cache_dir",
 })

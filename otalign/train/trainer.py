@@ -124,12 +124,12 @@ class Trainable(nn.Module):
         ctc_per_utt, ctc_valid = self.asr.ctc_loss(out.log_probs, out.out_lengths, targets, target_lengths)
         zero = out.log_probs.new_zeros(())
         ctc = ctc_per_utt[ctc_valid].sum() / ctc_valid.sum().clamp(min=1)
-        kt, aux = zero, zero
+        kt, aux, solver = zero, zero, {}
         if transfer_on:
             states = out.layer_states if out.layer_states is not None else out.states
             transferred = self.transfer(states, out.mask, plm_states, plm_mask)
-            kt, aux = transferred.kt_loss, transferred.aux_loss
-        return {"ctc": ctc, "kt": kt, "aux": aux, "ctc_invalid": (~ctc_valid).sum()}
+            kt, aux, solver = transferred.kt_loss, transferred.aux_loss, transferred.solver
+        return {"ctc": ctc, "kt": kt, "aux": aux, "ctc_invalid": (~ctc_valid).sum(), "solver": solver}
 
 
 def build_teacher(config: TrainConfig) -> TeacherCache:
@@ -280,6 +280,32 @@ def validate(trainable: Trainable, loader: DataLoader, tokenizer: Tokenizer, dev
             "dev_cer": totals[2].item() / max(totals[3].item(), 1)}
 
 
+# alignment_metrics key -> epoch sidecar key
+DEV_ALIGNMENT_KEYS = {"micro_precision": "dev_align_precision", "micro_token_recall": "dev_align_token_recall",
+                      "micro_mass_on_nonspeech": "dev_align_mass_on_nonspeech",
+                      "micro_plan_entropy": "dev_align_plan_entropy"}
+
+
+def dev_alignment(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN | None,
+                  dev_utts: list) -> dict[str, float]:
+    """The aligner's detection metrics on the first ``dev_alignment_utterances`` dev utterances that
+    carry word timings, against ground truth (otalign.train.evaluate.alignment_metrics): whether the
+    plans sharpen onto the words while training. Empty without an aligner or word timings."""
+    if trainable.transfer is None or config.dev_alignment_utterances == 0:
+        return {}
+    timed = [u for u in dev_utts if u.words][: config.dev_alignment_utterances]
+    if not timed:
+        return {}
+    from otalign.train.evaluate import alignment_metrics  # evaluate builds on this module
+
+    trainable.eval()
+    try:
+        metrics = alignment_metrics(trainable, config, cmvn, timed)
+    finally:
+        trainable.train()
+    return {ours: metrics[theirs] for theirs, ours in DEV_ALIGNMENT_KEYS.items()}
+
+
 # ----------------------------------------------------------------------------- one epoch
 @dataclass
 class EpochState:
@@ -293,7 +319,8 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
                     state: EpochState, info: DistInfo, writer, progress: bool = True) -> dict[str, float]:
     model.train()
     totals = {"loss": 0.0, "ctc": 0.0, "kt": 0.0, "aux": 0.0, "batches": 0, "audio_s": 0.0,
-              "ctc_invalid": 0, "bad_batches": 0}
+              "ctc_invalid": 0, "bad_batches": 0, "solver_max_error": math.nan, "solver_converged": 0.0,
+              "solver_batches": 0}
     start = time.time()
     bar = tqdm(loader, desc=f"epoch {state.epoch}", disable=not (info.is_main and progress), dynamic_ncols=True)
     num_batches = max(1, len(loader))
@@ -328,6 +355,11 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
         for key in ("ctc", "kt", "aux"):
             totals[key] += float(losses[key].detach())
         totals["ctc_invalid"] += int(losses["ctc_invalid"])
+        if losses["solver"]:
+            totals["solver_max_error"] = max(losses["solver"]["max_error"], totals["solver_max_error"]) \
+                if totals["solver_batches"] else losses["solver"]["max_error"]
+            totals["solver_converged"] += losses["solver"]["converged"]
+            totals["solver_batches"] += 1
         totals["batches"] += 1
         totals["audio_s"] += sum(u.duration for u in batch["utterances"])
         speed = totals["audio_s"] / max(time.time() - start, 1e-9) * info.world_size
@@ -337,13 +369,20 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
             writer.add_scalar("train/ctc", float(losses["ctc"].detach()), state.step)
             writer.add_scalar("train/kt", float(losses["kt"].detach()), state.step)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state.step)
+            if losses["solver"]:
+                writer.add_scalar("train/solver_max_error", losses["solver"]["max_error"], state.step)
     batches = max(1, totals["batches"])
     elapsed = time.time() - start
     return {"train_loss": totals["loss"] / batches, "train_ctc": totals["ctc"] / batches,
             "train_kt": totals["kt"] / batches, "train_aux": totals["aux"] / batches,
             "epoch_time_s": elapsed, "audio_s": totals["audio_s"] * info.world_size,
             "x_real_time": totals["audio_s"] * info.world_size / max(elapsed, 1e-9),
-            "ctc_impossible_skipped": totals["ctc_invalid"], "nan_batches_skipped": totals["bad_batches"]}
+            "ctc_impossible_skipped": totals["ctc_invalid"], "nan_batches_skipped": totals["bad_batches"],
+            # the OT solver's largest residual in the epoch and the fraction of batch items converged
+            # (nan without an OT aligner or during the warm start)
+            "train_solver_max_error": totals["solver_max_error"],
+            "train_solver_converged": (totals["solver_converged"] / totals["solver_batches"]
+                                       if totals["solver_batches"] else math.nan)}
 
 
 # ----------------------------------------------------------------------------- the whole run
@@ -563,6 +602,8 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
         metrics = train_one_epoch(model, trainable, train_loader, optimizer, scheduler, tokenizer, teacher,
                                   config, state, info, writer, progress=progress)
         metrics.update(validate(trainable, dev_loader, tokenizer, info.device, info))
+        if info.is_main:
+            metrics.update(dev_alignment(trainable, config, cmvn, dev_utts))
         metrics["step"] = state.step
         if info.is_main:
             checkpoint = {"trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
@@ -572,8 +613,10 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
                           "git_hash": git_hash()}
             save_checkpoint(exp_dir, state.epoch, checkpoint, metrics, keep=config.keep_checkpoints)
             # Logged at the global step (the x axis of every tag), so a resume's purge_step covers them too.
-            for key in ("train_loss", "train_kt", "dev_loss", "dev_cer", "x_real_time"):
-                writer.add_scalar(f"epoch/{key}", metrics[key], state.step)
+            for key in ("train_loss", "train_kt", "dev_loss", "dev_cer", "x_real_time", *DEV_ALIGNMENT_KEYS.values(),
+                        "train_solver_max_error", "train_solver_converged"):
+                if key in metrics and math.isfinite(metrics[key]):
+                    writer.add_scalar(f"epoch/{key}", metrics[key], state.step)
             writer.add_scalar("epoch/epoch", state.epoch, state.step)
             writer.flush()  # a kill -9 after this point loses no finished epoch's events
             print(f"[train] epoch {state.epoch}: " + ", ".join(

@@ -199,3 +199,17 @@ def test_special_tokens_without_a_word_are_left_out():
     m = utterance_metrics(plan, [-1] + WORD_INDEX + [-1], WORD_SPANS, NONSPEECH)
     assert m.num_tokens == 3
     assert m.precision == pytest.approx(1.0)
+
+
+def test_plan_entropy_is_one_for_the_uniform_plan_and_zero_for_one_frame_per_token():
+    from otalign.align.metrics import token_plan_entropy
+
+    assert token_plan_entropy(np.full((50, 4), 1 / 200)) == pytest.approx(1.0)
+    one_hot = np.zeros((50, 4))
+    one_hot[[3, 10, 20, 40], range(4)] = 0.25
+    assert token_plan_entropy(one_hot) == pytest.approx(0.0)
+    half = np.zeros((50, 1))
+    half[:25] = 1.0  # spread over half the frames: log 25 / log 50
+    assert token_plan_entropy(half) == pytest.approx(np.log(25) / np.log(50))
+    words = [(0.0, 2.0)]
+    assert utterance_metrics(one_hot[:, :1], [0], words).plan_entropy == pytest.approx(0.0)

@@ -31,6 +31,10 @@ def test_whisper_uot_trains_on_cached_bottom_exports_plain_ctc_and_decodes(tiny_
     assert "frontend=whisper-tiny.en" in log and "(1." in log  # 8.22M parameters, about 1.8M trained
     sidecar = json.loads((exp / "epoch_1.json").read_text())
     assert sidecar["train_kt"] > 0 and sidecar["train_ctc"] > 0
+    # every epoch reports whether the plans detect the words (issue 17 §3), against ground truth
+    assert 0.0 <= sidecar["dev_align_precision"] <= 1.0 and 0.0 <= sidecar["dev_align_token_recall"] <= 1.0
+    assert 0.0 <= sidecar["dev_align_plan_entropy"] <= 1.0 and 0.0 <= sidecar["dev_align_mass_on_nonspeech"] <= 1.0
+    assert sidecar["train_solver_max_error"] >= 0.0 and 0.0 <= sidecar["train_solver_converged"] <= 1.0
     assert list((tiny_corpus / "whisper_cache").rglob("*.npz")), "the frozen bottom must be cached on disk"
     assert not (exp / "cmvn.json").exists(), "Whisper's log-mel takes no CMVN"
 

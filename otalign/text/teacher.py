@@ -339,6 +339,21 @@ class PLMTeacher:
     def encode(self, texts: list[str]) -> TeacherOutput:
         """Wordpiece states of ``hidden_states[layer]`` (the mean over ``layer`` for a list) for
         each text (special tokens dropped)."""
+        hidden_states, rows = self._forward(texts)
+        if isinstance(self.layer, int):
+            hidden = hidden_states[self.layer].float()  # (B, L, D)
+        else:
+            hidden = torch.stack([hidden_states[k].float() for k in self.layer]).mean(dim=0)
+        return self._gather(hidden, rows)
+
+    @torch.no_grad()
+    def encode_all_layers(self, texts: list[str]) -> list[TeacherOutput]:
+        """One :class:`TeacherOutput` per hidden state (0 = embeddings .. ``num_layers``), from one
+        forward pass: what ``encode`` returns for each ``layer`` (bench/teacher.py compares them)."""
+        hidden_states, rows = self._forward(texts)
+        return [self._gather(h.float(), rows) for h in hidden_states]
+
+    def _forward(self, texts: list[str]):
         if isinstance(texts, str):
             raise ValueError("texts must be a list of strings, not one string")
         if len(texts) == 0:
@@ -353,10 +368,6 @@ class PLMTeacher:
         )
         inputs = {k: v.to(self.device) for k, v in batch.items() if k != "offset_mapping"}
         out = self.model(**inputs, output_hidden_states=True)
-        if isinstance(self.layer, int):
-            hidden = out.hidden_states[self.layer].float()  # (B, L, D)
-        else:
-            hidden = torch.stack([out.hidden_states[k].float() for k in self.layer]).mean(dim=0)
 
         rows_index: list[list[int]] = []
         rows_word: list[list[int]] = []
@@ -383,8 +394,12 @@ class PLMTeacher:
             rows_index.append(idx)
             rows_word.append(words)
             rows_str.append(strs)
+        return out.hidden_states, (rows_index, rows_word, rows_str)
 
-        B, D = len(texts), hidden.shape[-1]
+    @staticmethod
+    def _gather(hidden: torch.Tensor, rows) -> TeacherOutput:
+        rows_index, rows_word, rows_str = rows
+        B, D = len(rows_index), hidden.shape[-1]
         N = max(1, max(len(r) for r in rows_index))
         states = torch.zeros(B, N, D, dtype=torch.float32)
         mask = torch.zeros(B, N, dtype=torch.bool)
@@ -395,7 +410,7 @@ class PLMTeacher:
                 states[b, :n] = hidden[b, idx].cpu()
                 mask[b, :n] = True
                 word_index[b, :n] = torch.tensor(rows_word[b], dtype=torch.long)
-        return TeacherOutput(states, mask, word_index, rows_str)
+        return TeacherOutput(states, mask, word_index, [list(r) for r in rows_str])
 
 
 def _field(teacher_config, name: str, default=None):

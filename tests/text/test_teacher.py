@@ -224,3 +224,13 @@ def test_mpnet_teacher_loads_from_its_packages():
     assert out.word_index[0].tolist() == [0, 0, 0, 1, 1, 1]
     assert out.states.shape == (1, 6, 768)
     assert "mpnet" in t.name
+
+
+def test_encode_all_layers_matches_encode_at_each_layer(teacher):
+    texts = ["the cat sat", "hello"]
+    every = teacher.encode_all_layers(texts)
+    assert len(every) == teacher.num_layers + 1
+    for k in (0, 3, 6):
+        ref = PLMTeacher(model_dir=teacher.model_dir, layer=k).encode(texts)
+        torch.testing.assert_close(every[k].states, ref.states, atol=1e-5, rtol=1e-5)
+        assert torch.equal(every[k].word_index, ref.word_index) and every[k].token_strings == ref.token_strings

@@ -370,6 +370,11 @@ class _TorchVectors:
         return torch.add(offset, x, alpha=alpha)
 
     @staticmethod
+    def concatenate(vectors: list):
+        """(B,1,M) vectors -> (B,n,M)."""
+        return torch.cat(vectors, 1)
+
+    @staticmethod
     def scaled_product(offset, x, y, value: float):
         """``offset + value * x * y`` (``offset`` None: 0)."""
         if offset is None:
@@ -408,6 +413,10 @@ class _NumpyVectors(_TorchVectors):
         return out
 
     @staticmethod
+    def concatenate(vectors: list):
+        return np.concatenate(vectors, 1)
+
+    @staticmethod
     def scaled_product(offset, x, y, value: float):
         out = np.multiply(x, y)
         out *= value
@@ -425,7 +434,7 @@ class _NumpyVectors(_TorchVectors):
 
     @staticmethod
     def array(tensor: Tensor):
-        return tensor.numpy()
+        return tensor.detach().numpy()  # only ever given tensors that autograd does not track
 
     @staticmethod
     def tensor(x) -> Tensor:
@@ -693,13 +702,13 @@ class _UnrolledSinkhorn(torch.autograd.Function):
     def backward(ctx, phi_bar: Tensor, psi_bar: Tensor):
         lam_rows, lam_cols = ctx.lam_rows, ctx.lam_cols
         # the reverse loop uses the forward loop's arithmetic (NumPy on CPU, see _NumpyVectors)
-        ops = ctx.ops if all(_untracked_cpu(t) for t in (phi_bar, psi_bar)) else _TorchVectors
+        ops = ctx.ops
         # In the loop below w_bar = -lam_cols * w_hat and s_bar = -lam_rows * s_hat: the constant
         # factors are folded into ``scaled_product`` and applied once to the sums at the end,
         # which keeps the per-iteration work at two mat-vecs and four vector ops.
         log_v_bar = ops.array(psi_bar[:, None, :].contiguous())  # vectors are (B,1,.) like in the loop
-        log_a_bar, log_b_bar = ops.array(torch.zeros_like(phi_bar[:, None, :])), ops.array(torch.zeros_like(psi_bar[:, None, :]))
         last_phi_bar = ops.array(phi_bar[:, None, :].contiguous())
+        log_a_bar, log_b_bar = ops.array(torch.zeros_like(phi_bar[:, None, :])), ops.array(torch.zeros_like(psi_bar[:, None, :]))
         # per kernel (by identity): the (vector, hat-gradient) pairs, for one GEMM each
         row_kernel_terms: dict[int, tuple[Tensor, list, list]] = {}
         col_kernel_terms: dict[int, tuple[Tensor, list, list]] = {}
@@ -726,24 +735,26 @@ class _UnrolledSinkhorn(torch.autograd.Function):
             terms[1].append(v)
             terms[2].append(row_sums_hat)
             log_v_bar = ops.scaled_product(None, v, ops.matmul(row_sums_hat, transposed[id(row_kernel)]), -lam_rows)
-        log_a_bar, log_b_bar = ops.tensor(log_a_bar), ops.tensor(log_b_bar)
         del transposed
 
-        def stacked(arrays: list) -> Tensor:
-            return torch.cat([torch.as_tensor(x) for x in arrays], 1)
+        log_a_bar, log_b_bar = ops.tensor(log_a_bar), ops.tensor(log_b_bar)
+
+        def outer_sum(vectors: list, hats: list, value: float) -> Tensor:
+            """``value * sum_t vectors_t ⊗ hats_t``: (B,M,n) @ (B,n,K), one batched GEMM."""
+            stacked_vectors = ops.concatenate(vectors)
+            stacked_vectors *= value
+            return ops.tensor(ops.matmul(stacked_vectors.transpose(0, 2, 1) if ops is _NumpyVectors else stacked_vectors.transpose(1, 2), ops.concatenate(hats)))
 
         log_kernel_bar = None
         if ctx.needs_input_grad[0]:
             log_kernel_bar_t = None  # (B,N,T)
             for row_kernel, vectors, hats in row_kernel_terms.values():
                 # K_bar = sum_t v_t ⊗ s_bar_t = -lam_rows V^T S_hat: (B,N,n) @ (B,n,T), V^T as a view
-                scaled_vectors = stacked(vectors).mul_(-lam_rows)
-                term = torch.bmm(scaled_vectors.transpose(1, 2), stacked(hats)).mul_(row_kernel)
+                term = outer_sum(vectors, hats, -lam_rows).mul_(row_kernel)
                 log_kernel_bar_t = term if log_kernel_bar_t is None else log_kernel_bar_t.add_(term)
             log_kernel_bar = _transposed(log_kernel_bar_t)
             for col_kernel, vectors, hats in col_kernel_terms.values():
-                scaled_vectors = stacked(vectors).mul_(-lam_cols)
-                log_kernel_bar.add_(torch.bmm(scaled_vectors.transpose(1, 2), stacked(hats)).mul_(col_kernel))
+                log_kernel_bar.add_(outer_sum(vectors, hats, -lam_cols).mul_(col_kernel))
         return log_kernel_bar, (log_a_bar * lam_rows)[:, 0, :], (log_b_bar * lam_cols)[:, 0, :], None
 
 

@@ -316,8 +316,14 @@ def read_manifest(path: str | os.PathLike, strict: bool = False, check_files: bo
     nothing, malformed spans, duplicate ids, and with ``check_files`` a missing audio file) are
     skipped with a message naming the file, line and utterance id, and counted in ``summary``;
     with ``strict=True`` the first one raises ``ValueError``. Blank lines are ignored.
+
+    A path that is missing or a directory, and a manifest with no usable utterance (empty, every
+    line skipped: e.g. a JSON array or a CSV file) raise ``ValueError`` naming the file (and the
+    first skipped line with its reason).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"manifest {path} is a directory, not a JSONL file (one JSON object per line)")
     if not path.is_file():
         raise ValueError(f"manifest {path} does not exist")
     manifest_dir = path.parent.resolve()
@@ -356,6 +362,17 @@ def read_manifest(path: str | os.PathLike, strict: bool = False, check_files: bo
             seen.add(utt.id)
             utterances.append(utt)
             counter.kept += 1
+    if not utterances:
+        # Nothing to train or score on: never an empty list that fails later naming no file.
+        if not counter.skipped:
+            raise ValueError(f"manifest {path} holds no utterance (it is empty)")
+        where, reason = counter.skipped[0]
+        hint = ("; is it JSONL (one JSON object per line, not a JSON array or CSV)?"
+                if counter.counts.get("invalid json", 0) + counter.counts.get("invalid entry", 0) == len(counter.skipped)
+                and ("invalid JSON" in reason or "not a JSON object" in reason) else "")
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(counter.counts.items()))
+        raise ValueError(f"manifest {path} holds no usable utterance: all {len(counter.skipped)} line(s) were "
+                         f"skipped ({counts}; first: {where}: {reason}){hint}")
     return ManifestReadResult(path, utterances, counter.skipped, dict(counter.counts), counter.summary())
 
 

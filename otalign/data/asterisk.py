@@ -137,7 +137,7 @@ def prepare_asterisk(out_dir: str | os.PathLike, *, sounds_dir: str | os.PathLik
         try:
             samples, sample_rate = load_audio(source)
         except AudioError as err:
-            counter.skip(where, str(err), "unreadable audio")
+            counter.skip(where, str(err), err.category)  # classified by type, as the other importers
             continue
         samples16k = resample(samples, sample_rate, 16000)
         split = "test" if is_test_prompt(name) else "train"
@@ -149,6 +149,10 @@ def prepare_asterisk(out_dir: str | os.PathLike, *, sounds_dir: str | os.PathLik
                                        duration=samples16k.size / 16000, text=text, speaker=SPEAKER,
                                        sample_rate=16000, extra={"raw_text": raw_text, "source": str(source)}))
         counter.kept += 1
+    if counter.kept == 0:  # as the other importers: an empty manifest would train or score on nothing
+        details = ", ".join(f"{k}: {v}" for k, v in sorted(counter.counts.items())) or "no prompt found"
+        raise ValueError(f"{counter.source}: every prompt was skipped ({len(counter.skipped)} skipped; {details}); "
+                         f"no manifest written to {out_dir}")
     for split, utterances in splits.items():
         write_manifest(out_dir / f"{split}.jsonl", utterances)
     line = counter.summary()

@@ -81,11 +81,17 @@ def _pyav_channels(path: str) -> int:
 
 
 def _read_table(path: Path, counter: SkipCounter, min_fields: int = 2) -> dict[str, str]:
-    """``<key> <rest>`` lines; duplicates and short lines are counted skips."""
+    """``<key> <rest>`` lines; duplicates, short lines and lines that are not UTF-8 are counted skips."""
     table: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.strip()
+    with open(path, "rb") as f:  # bytes: one line that is not UTF-8 must not abort the import
+        for line_no, raw_line in enumerate(f, start=1):
+            try:
+                line = raw_line.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                key = raw_line.split(maxsplit=1)[0].decode("utf-8", "replace") if raw_line.split() else ""
+                counter.skip(f"{path.name} line {line_no}" + (f" (utterance {key!r})" if key else ""),
+                             f"not UTF-8 (byte 0x{raw_line[err.start]:02x} at column {err.start + 1})", "bad encoding")
+                continue
             if not line:
                 continue
             parts = line.split(maxsplit=1)

@@ -62,6 +62,11 @@ def load_for_decoding(ckpt: str | os.PathLike) -> InferenceModel:
     return inference_model_from_state(d, source=str(p))
 
 
+UNDER_OUT_DIR = type("UnderOutDir", (), {"__repr__": lambda self: "OUT_DIR/cache/fbank"})()
+"""The default ``feature_cache_dir`` of :func:`decode_manifest`: ``<out_dir>/cache/fbank``, as the CLI
+(never a folder relative to wherever the caller happens to run)."""
+
+
 def decode_manifest(
     ckpt: str | os.PathLike,
     manifest: str | os.PathLike,
@@ -70,7 +75,7 @@ def decode_manifest(
     beam: int = 10,
     threads: int | None = 1,
     batch_size: int = 16,
-    feature_cache_dir: str | os.PathLike | None = "exp/cache/fbank",
+    feature_cache_dir: str | os.PathLike | None | object = UNDER_OUT_DIR,
     lm_path: str | os.PathLike | None = None,
     lm_weight: float = 0.5,
     sil_score: float = 0.0,
@@ -84,7 +89,9 @@ def decode_manifest(
         method: ``"greedy"`` or ``"beam"`` (prefix beam search with ``beam``).
         threads: torch threads while decoding (restored afterwards); None or 0 keeps the current.
         batch_size: utterances per forward pass (sorted by duration).
-        feature_cache_dir: the fbank cache shared with training (None: compute, do not cache).
+        feature_cache_dir: the fbank cache, e.g. the training config's ``data.feature_cache_dir`` to
+            share it with training; by default ``<out_dir>/cache/fbank`` (never the current folder);
+            None: compute, do not cache.
         lm_path: an ARPA character LM (:func:`otalign.decode.lm.train_char_ngram_arpa`); with it,
             ``method="beam"`` uses flashlight's LM beam search with ``lm_weight``/``sil_score``.
         token_threshold: optional per-frame pruning of the prefix beam search (log-prob).
@@ -109,6 +116,8 @@ def decode_manifest(
     skipped = [{"where": where, "reason": reason} for where, reason in result.skipped]
     if not utterances:
         raise ValueError(f"manifest {manifest} has no usable utterance ({len(skipped)} line(s) skipped)")
+    if feature_cache_dir is UNDER_OUT_DIR:
+        feature_cache_dir = Path(out_dir) / "cache" / "fbank"
     dataset = SpeechDataset(utterances, cache_dir=feature_cache_dir, cmvn=GlobalCMVN.from_dict(inf.cmvn) if inf.cmvn else None,
                             frontend=inf.config.get("frontend", "fbank"))
     lm_decoder = None

@@ -92,3 +92,19 @@ def test_a_transcript_that_is_not_utf8_is_a_counted_skip_naming_the_line(corpus,
     assert (results["num_lines"], results["num_decoded"]) == (7, 2)
     assert _decode(tmp_path, "--strict") == 2
     assert "line 4" in capsys.readouterr().err  # strict stops at the first bad line, in file order
+
+
+def test_the_library_decode_puts_its_default_feature_cache_under_out_dir(corpus, tmp_path, monkeypatch):
+    """decode_manifest (the library call) defaulted to exp/cache/fbank relative to the current folder."""
+    from otalign.decode.recipe import decode_manifest
+
+    root, _ = corpus
+    good = root / "good.jsonl"
+    good.write_text((root / "m.jsonl").read_text().splitlines()[0] + "\n")
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    report = decode_manifest(root / "avg.pt", good, root / "lib_out")
+    assert report.num_utts == 1
+    assert list(cwd.iterdir()) == [], "nothing is created in the current folder"
+    assert list((root / "lib_out" / "cache" / "fbank").rglob("*.npy"))

@@ -18,8 +18,18 @@ test: setup
 demo: setup
 	$(PY) -m otalign.cli demo
 
+# make bench writes the solver section to $(BENCH_OUT), never into the checkout's docs;
+# make bench UPDATE_DOCS=1 updates docs/benchmarks.md (what a maintainer commits).
+BENCH_OUT ?= build/results/benchmarks.md
+BENCH_ARGS ?=
+ifeq ($(UPDATE_DOCS),1)
+BENCH_DOC := docs/benchmarks.md
+else
+BENCH_DOC := $(BENCH_OUT)
+endif
+
 bench: setup
-	$(PY) -m otalign.cli bench solver
+	$(PY) -c "import sys; from pathlib import Path; import bench.solver as b; b.DOC = Path(sys.argv[1]); b.main(sys.argv[2:])" "$(BENCH_DOC)" $(BENCH_ARGS)
 
 clean:
 	rm -rf exp/demo

@@ -119,3 +119,34 @@ def test_align_command_without_a_model_or_manifest_says_what_is_missing(tmp_path
                         '"words": [{"word": "hi", "start": 0.1, "end": 0.5}]}\n')
     with pytest.raises(ValueError, match="encode_fn"):
         align_command("model.pt", str(manifest), str(tmp_path))
+
+
+def test_a_trained_model_is_scored_with_its_own_teacher_and_frame_length(tmp_path, teacher, monkeypatch):
+    import otalign.align.sweep as sweep_module
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "a", "audio_filepath": "a.wav", "duration": 1.0, "text": "hi there", '
+                        '"words": [{"word": "hi", "start": 0.1, "end": 0.4}, {"word": "there", "start": 0.5, '
+                        '"end": 0.9}]}\n')
+    from otalign.text.teacher import PLMTeacher
+
+    layer0 = PLMTeacher(layer=0)
+
+    def encode(utterances):
+        return torch.randn(len(utterances), 50, 384), torch.ones(len(utterances), 50, dtype=torch.bool)
+
+    seen = {}
+    monkeypatch.setattr(sweep_module, "run_alignment_report",
+                        lambda out, examples, *a, **k: seen.setdefault("examples", list(examples)))
+    options = dict(aligners=["uot"], rhos=[1.0], epsilons=[0.1], num_heatmaps=0)
+    # a bare encode_fn and no ckpt: the teacher it was trained with is unknown, so no default PLM
+    with pytest.raises(ValueError, match="teacher it was trained with"):
+        align_command(None, str(manifest), str(tmp_path), encode_fn=encode, frame_s=0.02, **options)
+    encode.targets = lambda: layer0
+    with pytest.raises(ValueError, match="frame length"):
+        align_command(None, str(manifest), str(tmp_path), encode_fn=encode, **options)
+    encode.frame_s = 0.02
+    align_command(None, str(manifest), str(tmp_path), encode_fn=encode, **options)
+    (example,) = seen["examples"]
+    assert example.frame_s == 0.02
+    torch.testing.assert_close(example.token_states, layer0.encode(["hi there"]).states[0])

@@ -68,6 +68,20 @@ def token_cosine_loss(aligned: Tensor, target: Tensor, min_norm: float = 1e-12) 
     return 1.0 - (a * b).sum(dim=-1)
 
 
+def token_infonce_loss(aligned: Tensor, target: Tensor, token_mask: Tensor, temperature: float = 0.1,
+                       min_norm: float = 1e-12) -> Tensor:
+    """Per-token InfoNCE, (B, N): ``-log softmax_m(cos(aligned_n, target_m) / temperature)[n]`` over
+    the valid tokens m of the same utterance. Unlike the cosine loss it rewards a pooled vector
+    only for being closer to its own token than to the utterance's other tokens, which a flat
+    plan (every token pooling the same frames) cannot achieve."""
+    a = aligned / aligned.norm(dim=-1, keepdim=True).clamp_min(min_norm)
+    b = target / target.norm(dim=-1, keepdim=True).clamp_min(min_norm)
+    logits = torch.einsum("bnd,bmd->bnm", a, b) / temperature
+    logits = logits.masked_fill(~token_mask[:, None, :], torch.finfo(logits.dtype).min)
+    log_probs = logits.log_softmax(dim=-1)
+    return -log_probs.diagonal(dim1=1, dim2=2)
+
+
 class KnowledgeTransfer(nn.Module):
     """Adapter + aligner + transfer loss.
 
@@ -75,7 +89,8 @@ class KnowledgeTransfer(nn.Module):
         aligner_name: one of ``none, ot, tot, uot, partial, attention, cif``.
         enc_dim: width of the acoustic encoder states.
         plm_dim: width of the PLM states (the adapter's output width).
-        loss: ``cosine`` (default) or ``mse``.
+        loss: ``cosine`` (default), ``mse`` or ``infonce`` (:func:`token_infonce_loss`).
+        temperature: the InfoNCE temperature.
         adapter_hidden: hidden width of a 2-layer MLP adapter; ``None`` = linear adapter.
         adapter_dropout: dropout inside the adapter.
         aux_weights: weight of each auxiliary loss by name (default ``{"quantity": 1.0}``).
@@ -92,14 +107,18 @@ class KnowledgeTransfer(nn.Module):
         adapter_hidden: int | None = None,
         adapter_dropout: float = 0.1,
         aux_weights: dict[str, float] | None = None,
+        temperature: float = 0.1,
         **aligner_options,
     ) -> None:
         super().__init__()
         if aligner_name not in ALIGNER_NAMES:
             raise ValueError(f"aligner_name must be one of {ALIGNER_NAMES}, got {aligner_name!r}")
-        if loss not in ("cosine", "mse"):
-            raise ValueError(f"loss must be 'cosine' or 'mse', got {loss!r}")
+        if loss not in ("cosine", "mse", "infonce"):
+            raise ValueError(f"loss must be 'cosine', 'mse' or 'infonce', got {loss!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.aligner_name, self.loss, self.plm_dim = aligner_name, loss, plm_dim
+        self.temperature = float(temperature)
         self.aux_weights = {"quantity": 1.0, **(aux_weights or {})}
         self.aligner = build_aligner(aligner_name, dim=plm_dim, **aligner_options)
         if aligner_name == "none":
@@ -128,6 +147,8 @@ class KnowledgeTransfer(nn.Module):
         out: AlignOutput = self.aligner(adapted, enc_mask, plm_states.to(adapted.dtype), plm_mask)
         if self.loss == "cosine":
             per_token = token_cosine_loss(out.aligned, plm_states.to(out.aligned.dtype))
+        elif self.loss == "infonce":
+            per_token = token_infonce_loss(out.aligned, plm_states.to(out.aligned.dtype), valid, self.temperature)
         else:
             per_token = (out.aligned - plm_states.to(out.aligned.dtype)).pow(2).mean(dim=-1)
         # where(), not multiply: a NaN/inf on a padded token must not survive as 0 * NaN

@@ -97,11 +97,21 @@ class TransferConfig:
     weight_warmup_epochs: float = 0.0
     """lambda ramps linearly from 0 over this many epochs (0 = constant)."""
     loss: str = "cosine"
-    """Transfer loss: 'cosine' (1 - cos) or 'mse'."""
+    """Transfer loss: 'cosine' (1 - cos), 'mse', or 'infonce' (contrastive: each pooled vector
+    against the utterance's other tokens, otalign.align.transfer.token_infonce_loss)."""
+    temperature: float = 0.1
+    """InfoNCE temperature (loss = infonce)."""
+    detach_plan: bool = False
+    """Pool with a detached plan: the transfer then trains the encoder through the pooled frames
+    only, not through the solver."""
     adapter_hidden: int | None = None
     """Hidden width of a 2-layer MLP adapter from encoder to PLM width; None = a linear adapter."""
     eps: float = 0.1
     """Entropic regularisation of the OT aligners (cost is 1 - cos, in [0, 2])."""
+    eps_start: float | None = None
+    """eps annealing: start at this eps and decrease geometrically to ``eps`` over
+    ``eps_anneal_epochs`` epochs of the transfer (None = constant eps)."""
+    eps_anneal_epochs: float = 1.0
     rho_frames: float = 1.0
     """KL relaxation weight of the frame marginal for 'uot' (smaller = frames may shed more mass)."""
     partial_mass: float = 0.7
@@ -355,6 +365,9 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "transfer.weight_warmup_epochs": (0, math.inf, True, False, False),
     "transfer.adapter_hidden": (1, math.inf, True, False, False),
     "transfer.eps": (0, math.inf, False, False, False),
+    "transfer.eps_start": (0, math.inf, False, False, False),
+    "transfer.eps_anneal_epochs": (0, math.inf, False, False, False),
+    "transfer.temperature": (0, math.inf, False, False, False),
     "transfer.rho_frames": (0, math.inf, False, True, True),
     "transfer.partial_mass": (0, 1, False, True, False),
     "transfer.order_weight": (0, math.inf, True, False, False),
@@ -479,8 +492,11 @@ def validate(config: TrainConfig) -> None:
     aligners = {"none", "ot", "tot", "uot", "partial", "attention", "cif"}
     if config.transfer.aligner not in aligners:
         raise ConfigError(f"config key transfer.aligner must be one of {sorted(aligners)}, got '{config.transfer.aligner}'")
-    if config.transfer.loss not in {"cosine", "mse"}:
-        raise ConfigError(f"config key transfer.loss must be 'cosine' or 'mse', got '{config.transfer.loss}'")
+    if config.transfer.detach_plan and config.transfer.aligner not in {"ot", "tot", "uot", "partial"}:
+        raise ConfigError(f"config key transfer.detach_plan applies to the OT aligners (ot, tot, uot, partial), "
+                          f"not to '{config.transfer.aligner}'")
+    if config.transfer.loss not in {"cosine", "mse", "infonce"}:
+        raise ConfigError(f"config key transfer.loss must be 'cosine', 'mse' or 'infonce', got '{config.transfer.loss}'")
     if config.transfer.grad not in {"implicit", "unrolled", "last_step"}:
         raise ConfigError(f"config key transfer.grad must be 'implicit', 'unrolled' or 'last_step', got '{config.transfer.grad}'")
     if config.optim.schedule not in {"noam", "constant"}:

@@ -148,7 +148,8 @@ def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None)
         transfer = KnowledgeTransfer(t.aligner, asr.d_model, plm_width, loss=t.loss, eps=t.eps,
                                      rho_frames=t.rho_frames, partial_mass=t.partial_mass,
                                      order_weight=t.order_weight, n_iter=t.n_iter, grad=t.grad,
-                                     adapter_hidden=t.adapter_hidden, aux_weights={"quantity": t.quantity_weight})
+                                     adapter_hidden=t.adapter_hidden, aux_weights={"quantity": t.quantity_weight},
+                                     temperature=t.temperature, **({"detach_plan": True} if t.detach_plan else {}))
     return Trainable(asr, transfer, layer=t.layer, from_bottom=asr.freeze_layers > 0)
 
 
@@ -230,6 +231,16 @@ def kt_weight(config: TrainConfig, epoch_progress: float) -> float:
     warm = config.transfer.weight_warmup_epochs
     scale = 1.0 if warm <= 0 else min(1.0, progress / warm)
     return config.transfer.weight * scale
+
+
+def transfer_eps(config: TrainConfig, epoch_progress: float) -> float:
+    """eps of the OT aligners: ``eps_start`` decreasing geometrically to ``eps`` over the first
+    ``eps_anneal_epochs`` epochs of the transfer (after the warm start), then ``eps``."""
+    t = config.transfer
+    if t.eps_start is None:
+        return t.eps
+    fraction = min(1.0, max(0.0, epoch_progress - t.start_epoch) / t.eps_anneal_epochs)
+    return t.eps_start * (t.eps / t.eps_start) ** fraction
 
 
 def lr_lambda(config: TrainConfig):
@@ -326,6 +337,8 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
     num_batches = max(1, len(loader))
     for index, batch in enumerate(bar):
         weight = kt_weight(config, state.epoch - 1 + index / num_batches)
+        if config.transfer.eps_start is not None and hasattr(trainable.transfer.aligner, "eps"):
+            trainable.transfer.aligner.eps = transfer_eps(config, state.epoch - 1 + index / num_batches)
         # During the warm start the transfer is not computed at all (no solver time, no adapter grads).
         losses = compute_loss(model, batch, tokenizer, teacher if weight > 0 else None, info.device)
         loss = losses["ctc"] + weight * (losses["kt"] + losses["aux"])

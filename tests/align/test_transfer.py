@@ -1,5 +1,7 @@
 """KnowledgeTransfer: loss values, padding, empty transcripts, gradients never NaN."""
 
+import math
+
 import pytest
 import torch
 
@@ -105,3 +107,27 @@ def test_bad_arguments_raise():
         KnowledgeTransfer("uot", ENC, PLM, loss="l1")
     with pytest.raises(ValueError, match="aligner_name"):
         KnowledgeTransfer("gw", ENC, PLM)
+
+
+def test_infonce_rewards_only_telling_tokens_apart():
+    from otalign.align.transfer import token_infonce_loss
+
+    torch.manual_seed(0)
+    targets = torch.randn(1, 5, 16)
+    mask = torch.tensor([[True, True, True, True, False]])
+    flat = targets[:, :4].mean(dim=1, keepdim=True).expand(1, 5, 16)  # every token pooled the same frames
+    loss_flat = token_infonce_loss(flat, targets, mask, temperature=0.1)[0, :4]
+    # one row of logits shared by all tokens: its mean -log p_n is a cross-entropy against the
+    # uniform distribution, at least log N whatever the pooled vector is
+    assert loss_flat.mean() >= math.log(4.0) - 1e-6, "a flat plan scores at least log N"
+    assert (token_infonce_loss(targets, targets, mask, 0.1)[0, :4] < 0.01).all()
+
+
+def test_infonce_transfer_trains_and_rejects_bad_temperature():
+    transfer = KnowledgeTransfer("uot", 8, 16, loss="infonce", temperature=0.2, eps=0.1, n_iter=20, rho_frames=0.3)
+    enc = torch.randn(2, 12, 8, requires_grad=True)
+    out = transfer(enc, torch.ones(2, 12, dtype=torch.bool), torch.randn(2, 4, 16), torch.ones(2, 4, dtype=torch.bool))
+    out.kt_loss.backward()
+    assert torch.isfinite(out.kt_loss) and enc.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="temperature"):
+        KnowledgeTransfer("uot", 8, 16, loss="infonce", temperature=0.0)

@@ -123,3 +123,15 @@ def test_warm_start_switches_the_transfer_off_then_ramps_it():
 def test_bad_frontend_settings_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_eps_anneals_geometrically_after_the_warm_start():
+    from otalign.train.trainer import transfer_eps
+
+    config = load_config(None, ["transfer.eps=0.05", "transfer.eps_start=0.5", "transfer.eps_anneal_epochs=2",
+                                "transfer.start_epoch=1", "optim.epochs=4"])
+    values = [transfer_eps(config, p) for p in (0.0, 1.0, 2.0, 3.0, 3.5)]
+    assert values == pytest.approx([0.5, 0.5, 0.5 * 0.1 ** 0.5, 0.05, 0.05])
+    assert transfer_eps(load_config(None, ["transfer.eps=0.05"]), 0.7) == 0.05
+    with pytest.raises(ConfigError, match="detach_plan applies to the OT aligners"):
+        load_config(None, ["transfer.aligner=cif", "transfer.detach_plan=true"])

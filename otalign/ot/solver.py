@@ -284,6 +284,27 @@ class _StabilisedKernel:
         self.col_kernel_t = _exp_(shifted.sub_(self.col_shift[:, :, None]))
         self.n_rebuilds += 1
 
+    def share_row_kernel(self, problem: TransportProblem) -> bool:
+        """Make ``H^T`` the row-sum kernel ``K`` itself, if that keeps the sums exact; else False.
+
+        With ``phi_hat = -sigma`` and ``tau = -psi_hat``, ``H_ij = exp(L_ij + phi_hat_i - tau_j)
+        = K_ji`` exactly: the second kernel costs no pass over (B,T,N), and both mat-vecs of an
+        iteration read the same memory (~10% faster mat-vecs on CPU). ``H`` then has a 1 in every
+        column only up to the column maxima ``m_j = max_i K_ji``; while ``m_j >= e^(-3D)`` every
+        bound of the class docstring still holds with 3D to spare (sums >= e^(-3D) e^(-lse_limit)
+        = e^(-60) in fp32, entries lost to underflow < e^(-87+30) relative). Only without
+        padding: ``K``'s padded rows hold placeholders where ``H`` needs zeros, and vice versa."""
+        if problem.padded_rows or problem.padded_cols:
+            return False
+        with torch.no_grad():
+            smallest_column_max = float(self.row_kernel.amax(-1).amin())
+        if not smallest_column_max >= math.exp(-3 * self.threshold):
+            return False
+        self.phi_hat = -self.row_shift.detach()
+        self.col_shift = -self.psi_hat
+        self.col_kernel_t = self.row_kernel
+        return True
+
     def row_sums(self, v: Tensor) -> Tensor:
         """(B,1,N) ``v = exp(psi - psi_hat)`` -> (B,1,T) ``sum_j K_ij v_j``. Vectors stay (B,1,.)
         in the loop: the views to and from (B,.) would cost as much as the arithmetic."""
@@ -505,7 +526,8 @@ class _UnbalancedSteps:
         if psi_hat is None:
             psi_hat = torch.zeros_like(problem.log_b)
         self.kernel = _StabilisedKernel(problem, threshold, psi_hat)
-        self.kernel.anchor_row_potential(self.lam_rows * (problem.log_a - self.kernel.row_shift))
+        if not self.kernel.share_row_kernel(problem):
+            self.kernel.anchor_row_potential(self.lam_rows * (problem.log_a - self.kernel.row_shift))
         self._refresh()
 
     def _refresh(self) -> None:
@@ -725,28 +747,29 @@ class _UnrolledSinkhorn(torch.autograd.Function):
         # the reverse mat-vecs: H w_bar is (1,N)@(N,T) on the stored H^T; K^T s_bar needs K
         # transposed, and a contiguous copy per kernel makes it a (1,T)@(T,N) product
         # (measured ~3x faster than on the transposed view)
-        transposed: dict[int, object] = {}
+        transposed: dict[int, object] = {}  # K^T by id(K)
+        arrays: dict[int, object] = {}  # H^T by id(H^T) (the same tensor as a K when shared)
         last = len(ctx.tape) - 1
         for position in range(last, -1, -1):
             row_kernel, col_kernel_t, v, row_sums, u, col_sums = ctx.tape[position]
             if id(row_kernel) not in transposed:
                 transposed[id(row_kernel)] = ops.array(_transposed(row_kernel))
-            if id(col_kernel_t) not in transposed:
-                transposed[id(col_kernel_t)] = ops.array(col_kernel_t)
+            if id(col_kernel_t) not in arrays:
+                arrays[id(col_kernel_t)] = ops.array(col_kernel_t)
             log_b_bar += log_v_bar
             col_sums_hat = log_v_bar / col_sums
             terms = col_kernel_terms.setdefault(id(col_kernel_t), (col_kernel_t, [], []))
             terms[1].append(col_sums_hat)
             terms[2].append(u)
             # log_u_bar = u * (H w_bar) (+ phi_bar for the last iterate: phi = phi_hat + log u)
-            log_u_bar = ops.scaled_product(last_phi_bar if position == last else None, u, ops.matmul(col_sums_hat, transposed[id(col_kernel_t)]), -lam_cols)
+            log_u_bar = ops.scaled_product(last_phi_bar if position == last else None, u, ops.matmul(col_sums_hat, arrays[id(col_kernel_t)]), -lam_cols)
             log_a_bar += log_u_bar
             row_sums_hat = log_u_bar / row_sums
             terms = row_kernel_terms.setdefault(id(row_kernel), (row_kernel, [], []))
             terms[1].append(v)
             terms[2].append(row_sums_hat)
             log_v_bar = ops.scaled_product(None, v, ops.matmul(row_sums_hat, transposed[id(row_kernel)]), -lam_rows)
-        del transposed
+        del transposed, arrays
 
         log_a_bar, log_b_bar = ops.tensor(log_a_bar), ops.tensor(log_b_bar)
 

@@ -63,6 +63,9 @@ _HAND_WRITTEN_REVERSE = True
 # CPU loops without autograd run their vector arithmetic in NumPy (see _NumpyVectors); tests
 # compare against False (torch throughout).
 _NUMPY_LOOP = True
+# Unpadded batches use one stabilised kernel for both mat-vecs when its bounds allow (see
+# _StabilisedKernel.share_row_kernel); tests compare against False (two kernels).
+_SHARE_KERNEL = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +297,7 @@ class _StabilisedKernel:
         bound of the class docstring still holds with 3D to spare (sums >= e^(-3D) e^(-lse_limit)
         = e^(-60) in fp32, entries lost to underflow < e^(-87+30) relative). Only without
         padding: ``K``'s padded rows hold placeholders where ``H`` needs zeros, and vice versa."""
-        if problem.padded_rows or problem.padded_cols:
+        if not _SHARE_KERNEL or problem.padded_rows or problem.padded_cols:
             return False
         with torch.no_grad():
             smallest_column_max = float(self.row_kernel.amax(-1).amin())

@@ -76,10 +76,11 @@ def test_without_the_record_a_multichannel_file_is_refused_naming_the_option(pre
 
 def test_a_downmix_value_that_is_not_a_bool_is_a_counted_skip(tmp_path):
     sf.write(tmp_path / "a.wav", _tone(0.5, 220), 16000)
-    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "audio_filepath": "a.wav", "duration": 0.5,
-                                                  "text": "a", "downmix": "yes"}) + "\n")
+    lines = [{"id": "a", "audio_filepath": "a.wav", "duration": 0.5, "text": "a", "downmix": "yes"},
+             {"id": "b", "audio_filepath": "a.wav", "duration": 0.5, "text": "b"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     result = read_manifest(tmp_path / "m.jsonl")
-    assert not result.utterances and "'downmix' must be true or false" in result.skipped[0][1]
+    assert [u.id for u in result] == ["b"] and "'downmix' must be true or false" in result.skipped[0][1]
 
 
 @_DATASET_PENDING

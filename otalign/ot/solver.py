@@ -407,7 +407,7 @@ class _TorchVectors:
     def scaled_product(offset, x, y, value: float):
         """``offset + value * x * y`` (``offset`` None: 0)."""
         if offset is None:
-            return torch.mul(x, y).mul_(value)
+            return torch.mul(x, y) if value == 1.0 else torch.mul(x, y).mul_(value)
         return torch.addcmul(offset, x, y, value=value)
 
     @staticmethod
@@ -452,7 +452,8 @@ class _NumpyVectors(_TorchVectors):
     @staticmethod
     def scaled_product(offset, x, y, value: float):
         out = np.multiply(x, y)
-        out *= value
+        if value != 1.0:
+            out *= value
         if offset is not None:
             out += offset
         return out
@@ -738,9 +739,9 @@ class _UnrolledSinkhorn(torch.autograd.Function):
         lam_rows, lam_cols = ctx.lam_rows, ctx.lam_cols
         # the reverse loop uses the forward loop's arithmetic (NumPy on CPU, see _NumpyVectors)
         ops = ctx.ops
-        # In the loop below w_bar = -lam_cols * w_hat and s_bar = -lam_rows * s_hat: the constant
-        # factors are folded into ``scaled_product`` and applied once to the sums at the end,
-        # which keeps the per-iteration work at two mat-vecs and four vector ops.
+        # In the loop below ``col_sums_hat`` is w_bar itself (the factor -lam_cols applied on the
+        # short N side) and s_bar = -lam_rows * s_hat: that factor is folded into
+        # ``scaled_product`` and applied once to the K gradient's GEMM at the end.
         log_v_bar = ops.array(psi_bar[:, None, :].contiguous())  # vectors are (B,1,.) like in the loop
         last_phi_bar = ops.array(phi_bar[:, None, :].contiguous())
         log_a_bar, log_b_bar = ops.array(torch.zeros_like(phi_bar[:, None, :])), ops.array(torch.zeros_like(psi_bar[:, None, :]))
@@ -761,11 +762,12 @@ class _UnrolledSinkhorn(torch.autograd.Function):
                 arrays[id(col_kernel_t)] = ops.array(col_kernel_t)
             log_b_bar += log_v_bar
             col_sums_hat = log_v_bar / col_sums
+            col_sums_hat *= -lam_cols  # w_bar itself: the factor is cheaper on the N side
             terms = col_kernel_terms.setdefault(id(col_kernel_t), (col_kernel_t, [], []))
             terms[1].append(col_sums_hat)
             terms[2].append(u)
             # log_u_bar = u * (H w_bar) (+ phi_bar for the last iterate: phi = phi_hat + log u)
-            log_u_bar = ops.scaled_product(last_phi_bar if position == last else None, u, ops.matmul(col_sums_hat, arrays[id(col_kernel_t)]), -lam_cols)
+            log_u_bar = ops.scaled_product(last_phi_bar if position == last else None, u, ops.matmul(col_sums_hat, arrays[id(col_kernel_t)]), 1.0)
             log_a_bar += log_u_bar
             row_sums_hat = log_u_bar / row_sums
             terms = row_kernel_terms.setdefault(id(row_kernel), (row_kernel, [], []))
@@ -779,7 +781,8 @@ class _UnrolledSinkhorn(torch.autograd.Function):
         def outer_sum(vectors: list, hats: list, value: float) -> Tensor:
             """``value * sum_t vectors_t ⊗ hats_t``: (B,M,n) @ (B,n,K), one batched GEMM."""
             stacked_vectors = ops.concatenate(vectors)
-            stacked_vectors *= value
+            if value != 1.0:
+                stacked_vectors *= value
             return ops.tensor(ops.matmul(ops.transpose(stacked_vectors), ops.concatenate(hats)))
 
         log_kernel_bar = None
@@ -790,8 +793,8 @@ class _UnrolledSinkhorn(torch.autograd.Function):
                 term = outer_sum(vectors, hats, -lam_rows).mul_(row_kernel)
                 log_kernel_bar_t = term if log_kernel_bar_t is None else log_kernel_bar_t.add_(term)
             for col_kernel_t, hats, vectors in col_kernel_terms.values():
-                # H^T_bar = sum_t w_bar_t ⊗ u_t = -lam_cols W_hat^T U, in the same (B,N,T) layout
-                log_kernel_bar_t.add_(outer_sum(hats, vectors, -lam_cols).mul_(col_kernel_t))
+                # H^T_bar = sum_t w_bar_t ⊗ u_t = W_bar^T U, in the same (B,N,T) layout
+                log_kernel_bar_t.add_(outer_sum(hats, vectors, 1.0).mul_(col_kernel_t))
             log_kernel_bar = _transposed(log_kernel_bar_t)
         return log_kernel_bar, (log_a_bar * lam_rows)[:, 0, :], (log_b_bar * lam_cols)[:, 0, :], None
 
@@ -959,8 +962,8 @@ def _translate(problem: TransportProblem, phi: Tensor, psi: Tensor) -> tuple[Ten
 def _plan(problem: TransportProblem, phi: Tensor, psi: Tensor) -> Tensor:
     """``P = exp(L + phi + psi)``; -inf in the masked kernel makes padding an exact 0 (zero
     gradient, whatever the junk potentials there)."""
-    log_plan = problem.masked_log_kernel + phi[:, :, None]  # fresh tensor: in-place below is safe
-    return _exp_(log_plan.add_(psi[:, None, :]))
+    log_plan = torch.add(phi[:, :, None], psi[:, None, :])  # fresh tensor (outer sum first: ~20% faster)
+    return _exp_(log_plan.add_(problem.masked_log_kernel))
 
 
 def _unbalanced_error(problem: TransportProblem, kernel: _StabilisedKernel, phi: Tensor, psi: Tensor) -> Tensor:

@@ -101,14 +101,21 @@ def make_encode_fn(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN |
 
 @torch.no_grad()
 def alignment_metrics(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN | None,
-                      utterances: list[Utterance], batch_size: int = 16) -> dict[str, float]:
-    """Detection metrics of the system's own aligner on utterances that carry word timings."""
+                      utterances: list[Utterance], batch_size: int = 16,
+                      teacher: TeacherCache | None = None) -> dict[str, float]:
+    """Detection metrics of the system's own aligner on utterances that carry word timings.
+
+    ``teacher``: the targets, ``None`` = :func:`checkpoint_targets` of ``config`` (a caller that
+    already holds them, such as the trainer's per-epoch dev check, passes its own to skip a PLM load;
+    they must be ``checkpoint_targets(config)``'s, i.e. built by ``targets_from_config``).
+    Frames are ``trainable.asr.frame_s`` long."""
     if trainable.transfer is None:
         return {}
     scored = [u for u in utterances if u.words]
     if not scored:
         raise ValueError("alignment metrics need utterances with ground-truth word spans (manifest 'words')")
-    teacher = checkpoint_targets(config)
+    if teacher is None:
+        teacher = checkpoint_targets(config)
     frame_s = float(trainable.asr.frame_s)
     dataset = make_dataset(scored, config, cmvn, trainable=trainable)
     per_utterance = []

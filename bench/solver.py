@@ -5,10 +5,12 @@
 
 Setting (issue 2): B=32 problems, (T,N) in {(100,10),(250,30),(500,60)}, 100 iterations, fp32,
 semi-relaxed UOT (rho_rows=1, rho_cols=inf, eps=0.1), cosine costs of random unit vectors (D=64).
+``--iterations``, ``--eps`` and ``--rho-rows`` change the setting for every contender alike (the
+training operating point is eps 0.05, rho_rows 0.03 / 0.3 / 3).
 
 What each row runs (same costs, same iteration count, no early stopping):
 - ``otalign eager``: ``solve(C, eps=0.1, rho_rows=1.0, max_iter=100)`` under ``torch.no_grad``.
-- ``otalign fwd+bwd (unrolled|last_step)``: the same with ``C.requires_grad``, then
+- ``otalign fwd+bwd (implicit|unrolled|last_step)``: the same with ``C.requires_grad``, then
   ``(plan * C).sum().backward()``.
 - ``POT loop``: ``ot.unbalanced.sinkhorn_unbalanced(a, b, C[i], reg=0.1, reg_m=(1.0, inf),
   reg_type='kl', method='sinkhorn', numItermax=100, stopThr=0)`` for each of the 32 problems
@@ -383,10 +385,13 @@ NOTES = """Notes:
 
 - How the solver gets there: log-sum-exps are computed exactly as batched mat-vecs on kernels
   with the potentials absorbed at an anchor (Schmitzer's stabilisation, rebuilt only when a
-  potential drifts >10 eps-units in fp32), stored in the layout where CPU `bmm` is fast
-  ((1,K)@(K,M)); an iteration is two `bmm` plus a few (B,T)/(B,N) vector ops. The unrolled
-  backward is a hand-written reverse pass (one GEMM per kernel for the cost gradient), checked
-  against autograd in `tests/ot`. See `otalign/ot/solver.py`.
+  potential drifts >10 eps-units in fp32), both stored (B,N,T), the layout where CPU mat-vecs
+  are fast; an unpadded batch uses one kernel for both mat-vecs when its column maxima allow
+  (`H^T = K`). An iteration is two mat-vecs plus a few (B,T)/(B,N) vector ops; on CPU, loops
+  that autograd does not record run them in NumPy on the same memory (its stacked `matmul`,
+  `exp` and `log` are faster than torch's and dispatch in ~1 us). The unrolled backward is a
+  hand-written reverse pass (one GEMM per kernel for the cost gradient), checked against
+  autograd in `tests/ot`. See `otalign/ot/solver.py`.
 - `torch.compile(solve)` does not help: the per-iteration drift check is a host sync, so the graph
   breaks every iteration. Measured once at 250×30 (2026-11-25, busy machine): 120 s to compile,
   then 42 ms per call against ~16-20 ms eager; available as `--compile`.
@@ -400,14 +405,14 @@ NOTES = """Notes:
   500×60 and 100 iterations per the BRIEF)."""
 
 
-def write_section(body: str, command: str) -> None:
+def write_section(body: str, command: str, iterations: int) -> None:
     """Replace (or create) the ``## Solver`` section of docs/benchmarks.md, keeping other sections."""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         "## Solver\n\n"
         f"Measured {date} on {_machine()}.\n\n"
         f"Command: `{command}`\n\n"
-        f"Setting: B={BATCH}, 100 iterations, fp32, semi-relaxed UOT (rho_rows={RHO_ROWS}, rho_cols=inf, eps={EPS}), "
+        f"Setting: B={BATCH}, {iterations} iterations, fp32, semi-relaxed UOT (rho_rows={RHO_ROWS}, rho_cols=inf, eps={EPS}), "
         f"cosine costs of random unit vectors (D={DIM}); {_threads()} thread(s) for torch, BLAS and XLA alike (see `bench/solver.py`). "
         "Ratios compare estimates from the same run.\n\n"
         f"{body}\n\n"
@@ -425,10 +430,13 @@ def write_section(body: str, command: str) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    global EPS, RHO_ROWS  # --eps / --rho-rows set the setting every contender reads
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only 250x30, 5 repeats, no memory runs, no file unless --write")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per contender (default 9, quick 5)")
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--eps", type=float, default=EPS, help=f"entropic regularisation (default {EPS})")
+    parser.add_argument("--rho-rows", type=float, default=RHO_ROWS, help=f"frame marginal relaxation (default {RHO_ROWS})")
     parser.add_argument("--threads", type=int, default=1, help="threads for torch, BLAS and XLA (default 1, see the module docstring)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(solve) (compiles ~2 min per size)")
@@ -436,6 +444,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     _thread_environment(args.threads)
+    EPS, RHO_ROWS = args.eps, args.rho_rows
     sys.path.insert(0, str(REPO))
     if args.memory_child:
         n_rows, n_cols, iterations, grad = args.memory_child.split(",")
@@ -447,7 +456,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(body)
     if args.write or not args.quick:
         command = "python -m bench.solver " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_section(body, command.strip())
+        write_section(body, command.strip(), args.iterations)
         print(f"wrote {DOC}")
 
 

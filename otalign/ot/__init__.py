@@ -1,5 +1,6 @@
 """otalign.ot: batched, masked, log-domain entropic optimal transport (balanced, semi-relaxed /
-unbalanced, partial, temporal-order prior). Pure tensor maths: imports only torch.
+unbalanced, partial, temporal-order prior). Pure tensor maths: imports torch, and NumPy where
+installed (CPU loops without autograd run their vector arithmetic in it; torch otherwise).
 
     from otalign.ot import solve, cosine_cost, temporal_order_cost
     res = solve(cosine_cost(frames, tokens), frame_mask, token_mask, eps=0.1, rho_rows=1.0)

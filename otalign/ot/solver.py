@@ -29,6 +29,11 @@ mat-vecs with kernels whose potentials are absorbed at an anchor and renormalise
 stabilisation); a kernel is rebuilt only when a potential drifts too far from its anchor, so an
 iteration costs two ``bmm`` and a few (B,T)/(B,N) vector ops instead of two exp passes over
 (B,T,N), at any eps and in fp32 (see :class:`_StabilisedKernel` for the bounds that make it exact).
+An unpadded batch uses one kernel for both mat-vecs where its bounds allow
+(:meth:`_StabilisedKernel.share_row_kernel`), and on CPU a loop that autograd does not record
+(the forward of ``grad="implicit"`` and ``"unrolled"``, and any call without gradients) runs its
+vector arithmetic in NumPy on the same memory (:class:`_NumpyVectors`). Neither changes a number
+beyond rounding (``tests/ot/test_fast_paths.py``).
 """
 from __future__ import annotations
 

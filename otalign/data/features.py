@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from scipy.signal import resample_poly
 
 __all__ = [
     "FEATURE_SAMPLE_RATE",
@@ -195,6 +194,8 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int = FEATURE_SAMPLE_
         raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
     if from_rate == to_rate:
         return samples.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly  # imported here: scipy.signal costs 1-2 s at start-up
+
     ratio = Fraction(to_rate, from_rate)
     return resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)
 
@@ -378,6 +379,8 @@ def speed_perturb(samples: np.ndarray, factor: float) -> np.ndarray:
         raise ValueError(f"speed factor must be positive, got {factor}")
     if factor == 1.0:
         return samples.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly
+
     ratio = Fraction(factor).limit_denominator(100)
     # play at rate*factor: keep the samples, pretend they were recorded at rate*factor, resample back
     return resample_poly(samples, ratio.denominator, ratio.numerator).astype(np.float32)

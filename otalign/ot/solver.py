@@ -392,6 +392,8 @@ class _TorchVectors:
     matmul = staticmethod(torch.bmm)
     exp = staticmethod(torch.exp)
     log = staticmethod(torch.log)
+    exp2 = staticmethod(torch.exp2)
+    log2 = staticmethod(torch.log2)
 
     @staticmethod
     def affine(offset, x, alpha: float):
@@ -496,6 +498,8 @@ if np is not None:
     _NumpyVectors.matmul = staticmethod(np.matmul)
     _NumpyVectors.exp = staticmethod(np.exp)
     _NumpyVectors.log = staticmethod(np.log)
+    _NumpyVectors.exp2 = staticmethod(np.exp2)
+    _NumpyVectors.log2 = staticmethod(np.log2)
 
 
 def _vectors_for(problem: TransportProblem):
@@ -562,6 +566,7 @@ class _UnbalancedSteps:
         ops = self.ops
         self.log_c_row = ops.array(log_c_row[:, None, :])
         self.c_row = ops.exp(self.log_c_row)
+        self.log2_c_row = self.log_c_row * (1 / math.log(2))
         self.log_c_col = ops.array((self.lam_cols * (p.log_b - k.col_shift) - k.psi_hat)[:, None, :])
         # the kernels as the loop's arrays (views, no copy)
         self.row_kernel, self.col_kernel = ops.array(k.row_kernel), ops.transpose(ops.array(k.col_kernel_t))
@@ -576,8 +581,9 @@ class _UnbalancedSteps:
         row_sums = ops.matmul(v, self.row_kernel)  # K v, see _StabilisedKernel.row_sums
         if self.lam_rows == 1.0:
             u = self.c_row / row_sums
-        else:  # exp(log c - lam log s): fewer ops than c * s^-lam, and pow is slow on CPU
-            u = ops.exp(ops.affine(self.log_c_row, ops.log(row_sums), -self.lam_rows))
+        else:  # 2^(log2 c - lam log2 s): fewer ops than c * s^-lam (pow is slow on CPU), and
+            # NumPy's base-2 exp/log take 4.5 us on (32,250) fp32 against 7.5 us for base e
+            u = ops.exp2(ops.affine(self.log2_c_row, ops.log2(row_sums), -self.lam_rows))
         u_anchor = k.phi_hat
         col_sums = ops.matmul(u, self.col_kernel)  # H^T u
         if self.tape is not None:  # what _UnrolledSinkhorn.backward needs: vectors, kernel references
@@ -1063,8 +1069,12 @@ def _check_mask(mask: Optional[Tensor], name: str, shape: tuple[int, int], devic
     return mask
 
 
-def _weights(weights: Optional[Tensor], name: str, mask: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """-> (mask, w, log w) with w zero and log w zero on padding; zero weights count as padding."""
+def _weights(weights: Optional[Tensor], name: str, mask: Tensor, dtype: torch.dtype, all_valid: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (mask, w, log w) with w zero and log w zero on padding; zero weights count as padding.
+    ``all_valid``: the mask is all True by construction (two fills instead of ten small ops)."""
+    if weights is None and all_valid:
+        length = mask.shape[-1]
+        return mask, torch.full(mask.shape, 1.0 / length, dtype=dtype, device=mask.device), torch.full(mask.shape, -math.log(length), dtype=dtype, device=mask.device)
     if weights is None:
         counts = mask.sum(-1, keepdim=True).clamp_min(1).to(dtype)
         w = torch.where(mask, 1.0 / counts, 0.0).to(dtype)
@@ -1137,8 +1147,8 @@ def _make_problem(
     row_mask_given, col_mask_given = row_mask is not None, col_mask is not None
     row_mask = _check_mask(row_mask, "row_mask", (batch, n_rows), device)
     col_mask = _check_mask(col_mask, "col_mask", (batch, n_cols), device)
-    row_mask, a, log_a = _weights(row_weights, "row_weights", row_mask, dtype)
-    col_mask, b, log_b = _weights(col_weights, "col_weights", col_mask, dtype)
+    row_mask, a, log_a = _weights(row_weights, "row_weights", row_mask, dtype, all_valid=not row_mask_given)
+    col_mask, b, log_b = _weights(col_weights, "col_weights", col_mask, dtype, all_valid=not col_mask_given)
     for name, mask, given in (("row_mask/row_weights", row_mask, row_mask_given or row_weights is not None), ("col_mask/col_weights", col_mask, col_mask_given or col_weights is not None)):
         if not given:  # all valid by construction: no host sync needed
             continue

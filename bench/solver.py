@@ -419,7 +419,8 @@ def write_section(body: str, command: str, iterations: int) -> None:
         f"{NOTES}\n"
     )
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    start = text.find("## Solver")
+    # the heading line itself: "## Solver gradients (issue 16)" is another section
+    start = ("\n" + text).find("\n## Solver\n")
     if start == -1:
         text = text.rstrip("\n") + "\n\n" + section
     else:

@@ -263,6 +263,9 @@ class _StabilisedKernel:
         # |drift| = 3 * threshold (fp32: lost terms < e^(60-87) relative)
         self.lse_limit = 3 * threshold
         self.n_rebuilds = 0
+        # one kernel for both sums is possible only without padding (see share_row_kernel)
+        self.can_share = _SHARE_KERNEL and not (problem.padded_rows or problem.padded_cols)
+        self.shared = False
         log_kernel_t = _transposed(problem.log_kernel)  # (B,N,T)
         # -inf on the padding each kernel must ignore; the other side keeps finite placeholders
         self.log_k = torch.where(problem.col_mask[:, :, None], log_kernel_t, -math.inf) if problem.padded_cols else log_kernel_t
@@ -283,6 +286,8 @@ class _StabilisedKernel:
             shifted.sub_(self.row_shift[:, None, :])
         self.row_kernel = _exp_(shifted)
         self.n_rebuilds += 1
+        if self.shared:  # keep sharing: H^T follows K to its new anchor (else H stays the old K)
+            self.share_row_kernel()
 
     def anchor_row_potential(self, phi_hat: Tensor) -> None:
         """(Re)build the column-sum kernel ``H`` (stored transposed, (B,N,T)) at row potential ``phi_hat`` (B,T)."""
@@ -292,7 +297,7 @@ class _StabilisedKernel:
         self.col_kernel_t = _exp_(shifted.sub_(self.col_shift[:, :, None]))
         self.n_rebuilds += 1
 
-    def share_row_kernel(self, problem: TransportProblem) -> bool:
+    def share_row_kernel(self) -> bool:
         """Make ``H^T`` the row-sum kernel ``K`` itself, if that keeps the sums exact; else False.
 
         With ``phi_hat = -sigma`` and ``tau = -psi_hat``, ``H_ij = exp(L_ij + phi_hat_i - tau_j)
@@ -301,8 +306,11 @@ class _StabilisedKernel:
         column only up to the column maxima ``m_j = max_i K_ji``; while ``m_j >= e^(-3D)`` every
         bound of the class docstring still holds with 3D to spare (sums >= e^(-3D) e^(-lse_limit)
         = e^(-60) in fp32, entries lost to underflow < e^(-87+30) relative). Only without
-        padding: ``K``'s padded rows hold placeholders where ``H`` needs zeros, and vice versa."""
-        if not _SHARE_KERNEL or problem.padded_rows or problem.padded_cols:
+        padding: ``K``'s padded rows hold placeholders where ``H`` needs zeros, and vice versa.
+        When ``K`` is re-anchored, ``H^T`` follows it (``phi_hat`` moves to ``-sigma``; the loop's
+        next row update starts from the new anchor), or stays the previous ``K`` if the new one
+        fails the test."""
+        if not self.can_share:
             return False
         with torch.no_grad():
             smallest_column_max = float(self.row_kernel.amax(-1).amin())
@@ -311,6 +319,7 @@ class _StabilisedKernel:
         self.phi_hat = -self.row_shift.detach()
         self.col_shift = -self.psi_hat
         self.col_kernel_t = self.row_kernel
+        self.shared = True
         return True
 
     def row_sums(self, v: Tensor) -> Tensor:
@@ -551,7 +560,7 @@ class _UnbalancedSteps:
         if psi_hat is None:
             psi_hat = torch.zeros_like(problem.log_b)
         self.kernel = _StabilisedKernel(problem, threshold, psi_hat)
-        if not self.kernel.share_row_kernel(problem):
+        if not self.kernel.share_row_kernel():
             self.kernel.anchor_row_potential(self.lam_rows * (problem.log_a - self.kernel.row_shift))
         self._refresh()
 

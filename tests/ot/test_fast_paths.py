@@ -128,7 +128,8 @@ def test_shared_kernel_is_refused_where_a_column_is_far_from_every_row(monkeypat
 @pytest.mark.parametrize("eps", [1e-3, 1e-2])
 def test_small_eps_and_large_costs_stay_finite_on_every_path(monkeypatch, eps):
     """|C|/eps up to 2.2e4 (costs in [20, 22] at eps 1e-3): re-anchoring keeps every output
-    finite on every path; in fp64 the paths agree to 1e-12 of the largest plan entry, and in
+    finite on every path; in fp64 the paths agree to 1e-10 of the largest plan entry (rounding
+    the exponent alone is |C|/eps * 2^-52 = 5e-12 relative here; measured 2e-12), and in
     fp32 each is as close to the fp64 plan as the torch two-kernel path is (measured 1.6-1.7e-5
     at eps 1e-2 and 1.35e-4 at eps 1e-3, of a largest entry 0.12: the cost's fp32 rounding)."""
     data = random_padded_batch(8, 3, 30, 8)
@@ -146,7 +147,7 @@ def test_small_eps_and_large_costs_stay_finite_on_every_path(monkeypatch, eps):
     for (dtype, numpy_loop, share), plan in results.items():
         error = float((plan - exact).abs().max())
         if dtype == torch.float64:
-            assert error <= 1e-12 * scale, (numpy_loop, share)
+            assert error <= 1e-10 * scale, (numpy_loop, share)
         else:
             assert error <= 1.5 * torch_error + 1e-7 * scale, (numpy_loop, share, error, torch_error)
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from otalign.data.features import GlobalCMVN, check_audio_file, compute_fbank, load_audio, spec_augment, speed_perturb
+from otalign.data.features import (GlobalCMVN, check_audio_file, compute_fbank, load_utterance_audio, spec_augment,
+                                   speed_perturb)
 from otalign.data.manifest import Utterance, read_manifest
 
 __all__ = ["SpeechDataset", "collate_batch", "BucketBatchSampler"]
@@ -110,7 +111,7 @@ class SpeechDataset(Dataset):
             return np.load(path)
         try:
             # always bounded by the manifest duration: a Kaldi segment may start at 0 and end early
-            samples, sample_rate = load_audio(utt.audio_filepath, utt.offset, utt.duration)
+            samples, sample_rate = load_utterance_audio(utt)
         except ValueError as err:  # keeps the AudioError subclass: decode skips and counts by type
             raise type(err)(f"utterance {utt.id!r}: {err}") from err
         samples = speed_perturb(samples, speed)

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from otalign.data.features import load_audio, speed_perturb
+from otalign.data.features import load_utterance_audio, speed_perturb
 from otalign.data.whisper_features import WhisperFrontend
 
 __all__ = ["WhisperStateCache"]
@@ -66,7 +66,7 @@ class WhisperStateCache:
                     return z["states"].astype(np.float32)
         self.misses += 1
         try:
-            samples, rate = load_audio(utt.audio_filepath, utt.offset, utt.duration)
+            samples, rate = load_utterance_audio(utt)
         except ValueError as err:
             raise ValueError(f"utterance {utt.id!r}: {err}") from err
         feats = self.frontend(speed_perturb(samples, speed), rate, utt_id=utt.id)

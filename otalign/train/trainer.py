@@ -155,9 +155,16 @@ def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None)
 
 # ----------------------------------------------------------------------------- data
 def load_manifests(paths: list[str], strict: bool) -> list:
-    utterances = []
+    """The utterances of several manifests; an id listed in two of them is refused, naming both
+    files (it would otherwise be trained on twice)."""
+    utterances, first_seen = [], {}
     for path in paths:
-        utterances.extend(read_manifest(path, strict=strict, check_files=True))
+        for utt in read_manifest(path, strict=strict, check_files=True):
+            if utt.id in first_seen:
+                raise ValueError(f"utterance id {utt.id!r} is in both {first_seen[utt.id]} and {path}: "
+                                 f"give each utterance once")
+            first_seen[utt.id] = path
+            utterances.append(utt)
     return utterances
 
 
@@ -505,6 +512,9 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = setup_distributed()
     differences = check_exp_dir(config, resume, overwrite, force)
+    # Read before anything is written: a run refused on a broken manifest leaves no trace in exp_dir.
+    train_utts = load_manifests(config.data.train_manifests, config.data.strict)
+    dev_utts = load_manifests([config.data.dev_manifest], config.data.strict)
     barrier(info)  # every rank has checked before rank 0 writes anything
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -541,9 +551,7 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
             latest = Path(chosen[0])
             ckpt = load_checkpoint(latest, map_location=info.device)
 
-    train_utts = load_manifests(config.data.train_manifests, config.data.strict)
     tokenizer = build_tokenizer(config, train_utts, exp_dir, info)
-    dev_utts = load_manifests([config.data.dev_manifest], config.data.strict)
 
     check_whisper_durations(train_utts, config, "data.train_manifests")
     check_whisper_durations(dev_utts, config, f"data.dev_manifest {config.data.dev_manifest}")
@@ -624,14 +632,14 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
                           "bad_batches": state.bad_batches, "config": to_dict(config),
                           "tokenizer": tokenizer.to_dict(), "cmvn": cmvn.to_dict() if cmvn else None,
                           "git_hash": git_hash()}
-            save_checkpoint(exp_dir, state.epoch, checkpoint, metrics, keep=config.keep_checkpoints)
             # Logged at the global step (the x axis of every tag), so a resume's purge_step covers them too.
             for key in ("train_loss", "train_kt", "dev_loss", "dev_cer", "x_real_time", *DEV_ALIGNMENT_KEYS.values(),
                         "train_solver_max_error", "train_solver_converged"):
                 if key in metrics and math.isfinite(metrics[key]):
                     writer.add_scalar(f"epoch/{key}", metrics[key], state.step)
             writer.add_scalar("epoch/epoch", state.epoch, state.step)
-            writer.flush()  # a kill -9 after this point loses no finished epoch's events
+            writer.flush()  # before the checkpoint: a kill -9 after it loses no finished epoch's events
+            save_checkpoint(exp_dir, state.epoch, checkpoint, metrics, keep=config.keep_checkpoints)
             print(f"[train] epoch {state.epoch}: " + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
             if metrics["ctc_impossible_skipped"] and not explained_ctc_impossible:

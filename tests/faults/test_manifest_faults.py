@@ -124,8 +124,6 @@ def test_train_with_data_strict_stops_at_a_bad_line_naming_file_and_line(folder,
     _one_error_line(capsys, "train", f"{manifest}: {pattern}")
 
 
-@pytest.mark.xfail(strict=True, reason="otalign/train/trainer.py run() writes config.yaml into exp_dir before it "
-                                       "reads the manifests, so the failed run 'holds a training run'")
 def test_a_train_that_failed_on_a_broken_manifest_can_be_rerun_once_it_is_fixed(folder, capsys):
     path = _broken(folder, "a CSV file")
     config = _train_config(folder, path)
@@ -133,3 +131,13 @@ def test_a_train_that_failed_on_a_broken_manifest_can_be_rerun_once_it_is_fixed(
     capsys.readouterr()
     path.write_text(json.dumps(GOOD) + "\n")
     assert main(["train", "--config", str(config), "--no-progress"]) == 0, capsys.readouterr().err
+
+
+def test_an_utterance_in_two_train_manifests_is_refused_naming_both(folder, capsys):
+    first, second = folder / "one.jsonl", folder / "two.jsonl"
+    first.write_text(json.dumps(GOOD) + "\n")
+    second.write_text(json.dumps(GOOD) + "\n")
+    config = _train_config(folder, f"{first}, {second}")
+    assert main(["train", "--config", str(config), "--no-progress"]) == 2
+    _one_error_line(capsys, "train", r"utterance id 'a' is in both .*one\.jsonl and .*two\.jsonl")
+    assert not (folder / "exp" / "config.yaml").exists(), "a refused run writes nothing into exp_dir"

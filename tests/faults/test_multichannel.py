@@ -17,13 +17,6 @@ from otalign.data.manifest import read_manifest
 from otalign.models.asr import CTCModel
 from otalign.text.tokenizer import CharTokenizer
 
-# SpeechDataset (otalign/data/dataset.py) reads audio with load_audio(path, offset, duration) and
-# so refuses a downmix entry until it calls load_utterance_audio(utt); see docs/reliability.md.
-_DATASET_PENDING = pytest.mark.xfail(
-    strict=True, raises=MultichannelAudio,
-    reason="otalign/data/dataset.py SpeechDataset.features must read audio with load_utterance_audio(utt)")
-
-
 def _tone(seconds, freq, rate=16000):
     t = np.arange(int(seconds * rate)) / rate
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
@@ -83,7 +76,6 @@ def test_a_downmix_value_that_is_not_a_bool_is_a_counted_skip(tmp_path):
     assert [u.id for u in result] == ["b"] and "'downmix' must be true or false" in result.skipped[0][1]
 
 
-@_DATASET_PENDING
 def test_training_features_accept_what_prepare_accepted(prepared):
     tmp_path, manifest = prepared
     dataset = SpeechDataset(list(read_manifest(manifest)), cache_dir=tmp_path / "fbank")
@@ -93,7 +85,6 @@ def test_training_features_accept_what_prepare_accepted(prepared):
     assert np.array_equal(feats, compute_fbank(samples, rate))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_DATASET_PENDING.kwargs["reason"])
 def test_decode_accepts_what_prepare_accepted(prepared):
     tmp_path, manifest = prepared
     torch.manual_seed(0)

@@ -172,3 +172,28 @@ def test_gradients_do_not_depend_on_the_path(monkeypatch, grad, padded):
         grads.append(gradient)
     for gradient in grads[:-1]:
         torch.testing.assert_close(gradient, grads[-1], atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS, ids=["semi-relaxed", "balanced", "unbalanced", "ones"])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_implicit_gradient_from_the_kernels_equals_the_log_kernel_one(monkeypatch, kwargs, padded):
+    """The adjoint's softmaxes from the loop's kernels (the fast path) and from the log-kernel
+    (the fallback when a potential is far from its anchor) give the same gradient."""
+    data = random_padded_batch(41, 3, 13, 6)
+    masks = (data.row_mask, data.col_mask) if padded else (None, None)
+    base = data.cost if padded else data.cost.nan_to_num(1.0)
+    torch.manual_seed(2)
+    probe = torch.randn(3, 13, 6, dtype=torch.float64)
+    row_weights = torch.rand(3, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).add(0.5)
+    grads = []
+    for from_kernels in (True, False):
+        if not from_kernels:
+            monkeypatch.setattr(solver_module._StabilisedKernel, "softmaxes", lambda self, phi, psi, problem: None)
+        cost = base.clone().requires_grad_(True)
+        weights = row_weights.clone().requires_grad_(True)
+        res = solve(cost, *masks, weights, eps=0.05, max_iter=300, normalize=not kwargs, **kwargs)
+        loss = (res.plan * probe).sum() + res.value.sum() + res.col_potential.sum()
+        grads.append(torch.autograd.grad(loss, (cost, weights)))
+    for fast, slow in zip(*grads):
+        assert bool(torch.isfinite(fast).all())
+        torch.testing.assert_close(fast, slow, atol=1e-10, rtol=1e-8)

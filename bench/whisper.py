@@ -26,11 +26,11 @@ def speech(seconds: float) -> np.ndarray:
     return x[: int(seconds * 16000)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     x = speech(args.seconds)
     fe = WhisperFrontend(80)

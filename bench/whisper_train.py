@@ -26,14 +26,14 @@ SYSTEMS = {"ctc": ["transfer.aligner=none"], "uot": ["transfer.aligner=uot", "tr
            "ot": ["transfer.aligner=ot"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--batches", type=int, default=4, help="batches per timed run")
     ap.add_argument("--frontend", default="whisper-tiny.en")
     ap.add_argument("--freeze-layers", type=int, default=3)
     ap.add_argument("--manifest", default="data/bench3h/train.jsonl")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     common = [f"model.frontend={args.frontend}", f"model.freeze_layers={args.freeze_layers}",
               "data.whisper_cache_dir=exp/cache/whisper", "teacher.cache_dir=exp/cache/plm", "teacher.layer=4",

@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="utterances evaluated (--synthetic: generated; --ckpt: the first N of --data)")
     p.set_defaults(func=cmd_align)
 
-    p = sub.add_parser("bench", help="benchmarks: solver | data | decode | train")
-    p.add_argument("what", choices=["solver", "data", "decode", "train"],
+    p = sub.add_parser("bench", help="benchmarks: solver | data | decode | train | teacher | whisper | whisper_train")
+    p.add_argument("what", choices=["solver", "data", "decode", "train", "teacher", "whisper", "whisper_train"],
                    help="which benchmark (bench/<what>.py; `otalign bench <what> --help` lists its options)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     p.set_defaults(func=cmd_bench)

@@ -36,8 +36,7 @@ from otalign.decode.scoring import git_hash, score
 from otalign.decode.search import ctc_greedy
 from otalign.models.asr import CTCModel
 from otalign.models.export import export_inference_model, load_checkpoint
-from otalign.text.cache import TeacherCache
-from otalign.text.teacher import teacher_from_config
+from otalign.text.cache import TeacherCache, targets_from_config
 from otalign.text.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from otalign.train.checkpoint import (ExpDirError, average_checkpoints, clear_run, newest_readable_checkpoint,
                                       rank_checkpoints, run_artifacts, save_checkpoint)
@@ -133,9 +132,9 @@ class Trainable(nn.Module):
 
 
 def build_teacher(config: TrainConfig) -> TeacherCache:
-    """The PLM teacher behind its cache, as ``config.teacher`` describes it."""
-    plm = teacher_from_config(config.teacher)
-    return TeacherCache(config.teacher.cache_dir, plm, center=config.teacher.center)
+    """The PLM teacher behind its cache, as ``config.teacher`` describes it: the same function
+    every evaluation of a trained system uses (``otalign.text.cache.targets_from_config``)."""
+    return targets_from_config(config.teacher)
 
 
 def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None) -> Trainable:
@@ -305,7 +304,7 @@ DEV_ALIGNMENT_KEYS = {"micro_precision": "dev_align_precision", "micro_token_rec
 
 
 def dev_alignment(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN | None,
-                  dev_utts: list) -> dict[str, float]:
+                  dev_utts: list, teacher: TeacherCache | None = None) -> dict[str, float]:
     """The aligner's detection metrics on the first ``dev_alignment_utterances`` dev utterances that
     carry word timings, against ground truth (otalign.train.evaluate.alignment_metrics): whether the
     plans sharpen onto the words while training. Empty without an aligner or word timings."""
@@ -318,7 +317,7 @@ def dev_alignment(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN | 
 
     trainable.eval()
     try:
-        metrics = alignment_metrics(trainable, config, cmvn, timed)
+        metrics = alignment_metrics(trainable, config, cmvn, timed, teacher=teacher)
     finally:
         trainable.train()
     return {ours: metrics[theirs] for theirs, ours in DEV_ALIGNMENT_KEYS.items()}
@@ -624,7 +623,7 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
                                   config, state, info, writer, progress=progress)
         metrics.update(validate(trainable, dev_loader, tokenizer, info.device, info))
         if info.is_main:
-            metrics.update(dev_alignment(trainable, config, cmvn, dev_utts))
+            metrics.update(dev_alignment(trainable, config, cmvn, dev_utts, teacher))
         metrics["step"] = state.step
         if info.is_main:
             checkpoint = {"trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),

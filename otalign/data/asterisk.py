@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from otalign.data.features import AudioError, load_audio, resample
-from otalign.data.manifest import SkipCounter, Utterance, normalize_text, write_manifest
+from otalign.data.manifest import EmptyTranscript, SkipCounter, Utterance, normalize_text, write_manifest
 
 __all__ = ["DEFAULT_SOUNDS_DIRS", "TRANSCRIPTS_FILE", "is_test_prompt", "read_transcripts", "find_sounds_dir",
            "prepare_asterisk"]
@@ -131,7 +131,7 @@ def prepare_asterisk(out_dir: str | os.PathLike, *, sounds_dir: str | os.PathLik
             continue
         text = normalize_text(spelled)
         if not text:
-            counter.skip(where, f"transcript {raw_text!r} is empty after normalisation", "empty transcript")
+            counter.skip(where, f"transcript {raw_text!r} is empty after normalisation", EmptyTranscript.category)
             continue
         source = _audio_file(sounds_dir, name)
         try:

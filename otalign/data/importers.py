@@ -25,7 +25,7 @@ from typing import Any
 
 from otalign.data.features import (AudioError, CorruptAudio, EmptyAudio, MultichannelAudio, TruncatedAudio,
                                    check_audio_file, load_audio)
-from otalign.data.manifest import SkipCounter, Utterance, normalize_text, write_manifest
+from otalign.data.manifest import EmptyTranscript, SkipCounter, Utterance, normalize_text, write_manifest
 
 __all__ = ["probe_audio", "import_kaldi", "import_librispeech", "import_aishell"]
 
@@ -98,7 +98,7 @@ def _read_table(path: Path, counter: SkipCounter, min_fields: int = 2) -> dict[s
             if len(parts) < 2 and min_fields >= 2:
                 # a key with no value (e.g. an empty transcript)
                 counter.skip(f"{path.name} line {line_no} (utterance {parts[0]!r})", "no value after the id",
-                             "empty transcript" if path.name == "text" else "malformed line")
+                             EmptyTranscript.category if path.name == "text" else "malformed line")
                 continue
             key = parts[0]
             if key in table:
@@ -113,7 +113,7 @@ def _make_utterance(utt_id: str, audio_path: str, raw_text: str, speaker: str, c
     where = f"utterance {utt_id!r}"
     text = normalize_text(raw_text)
     if not text:
-        counter.skip(where, f"transcript {raw_text!r} is empty after normalisation", "empty transcript")
+        counter.skip(where, f"transcript {raw_text!r} is empty after normalisation", EmptyTranscript.category)
         return None
     try:
         duration, sample_rate, channels = _probe(audio_path, allow_multichannel)
@@ -172,7 +172,7 @@ def import_kaldi(data_dir: str | os.PathLike, out_manifest: str | os.PathLike, s
     for utt_id, raw_text in texts.items():
         where = f"utterance {utt_id!r}"
         if not normalize_text(raw_text):
-            counter.skip(where, f"transcript {raw_text!r} is empty after normalisation", "empty transcript")
+            counter.skip(where, f"transcript {raw_text!r} is empty after normalisation", EmptyTranscript.category)
             continue
         recording, start, end = segments[utt_id] if utt_id in segments else (utt_id, 0.0, None)
         if (data_dir / "segments").is_file() and utt_id not in segments:

@@ -40,6 +40,10 @@ __all__ = [
     "Utterance",
     "ManifestReadResult",
     "SkipCounter",
+    "ManifestEntryError",
+    "NotAJSONObject",
+    "EmptyTranscript",
+    "SkippedEntry",
     "normalize_text",
     "read_manifest",
     "write_manifest",
@@ -74,6 +78,31 @@ def normalize_text(text: str) -> str:
     letters = _NOT_LETTER_OR_APOSTROPHE.sub(" ", ascii_text)
     letters = _STRAY_APOSTROPHE.sub(" ", letters)
     return _SPACE_NEXT_TO_CJK.sub("", " ".join(letters.split()))
+
+
+class ManifestEntryError(ValueError):
+    """A manifest entry that is not a valid utterance. ``category`` is its skip-count label:
+    readers classify a skip by the error's type, never by its message."""
+
+    category = "invalid entry"
+
+
+class NotAJSONObject(ManifestEntryError):
+    """The line is valid JSON but not an object (e.g. one line of a JSON array)."""
+
+
+class EmptyTranscript(ManifestEntryError):
+    """The transcript is empty after ``normalize_text``."""
+
+    category = "empty transcript"
+
+
+class SkippedEntry(ValueError):
+    """Raised instead of a skip under ``strict=True``: the message names the source and the entry."""
+
+    def __init__(self, message: str, category: str):
+        super().__init__(message)
+        self.category = category
 
 
 @dataclass
@@ -165,37 +194,37 @@ class Utterance:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any], manifest_dir: Path | None = None) -> "Utterance":
-        """Build and validate an utterance; raises ``ValueError`` describing the first problem."""
+        """Build and validate an utterance; raises ``ManifestEntryError`` describing the first problem."""
         if not isinstance(record, dict):
-            raise ValueError("line is not a JSON object")
+            raise NotAJSONObject("line is not a JSON object")
         utt_id = record.get("id", record.get("key"))
         if not isinstance(utt_id, str) or not utt_id:
-            raise ValueError("missing or empty 'id'")
+            raise ManifestEntryError("missing or empty 'id'")
         for key in ("audio_filepath", "duration", "text"):
             if key not in record:
-                raise ValueError(f"utterance {utt_id!r}: missing required field {key!r}")
+                raise ManifestEntryError(f"utterance {utt_id!r}: missing required field {key!r}")
         path = record["audio_filepath"]
         if not isinstance(path, str) or not path:
-            raise ValueError(f"utterance {utt_id!r}: 'audio_filepath' must be a non-empty string")
+            raise ManifestEntryError(f"utterance {utt_id!r}: 'audio_filepath' must be a non-empty string")
         if manifest_dir is not None and not os.path.isabs(path):
             path = str((manifest_dir / path).resolve())
         duration = record["duration"]
         if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not duration > 0:
-            raise ValueError(f"utterance {utt_id!r}: 'duration' must be a positive number, got {duration!r}")
+            raise ManifestEntryError(f"utterance {utt_id!r}: 'duration' must be a positive number, got {duration!r}")
         text = record["text"]
         if not isinstance(text, str):
-            raise ValueError(f"utterance {utt_id!r}: 'text' must be a string")
+            raise ManifestEntryError(f"utterance {utt_id!r}: 'text' must be a string")
         if not normalize_text(text):
-            raise ValueError(f"utterance {utt_id!r}: transcript {text!r} is empty after normalisation")
+            raise EmptyTranscript(f"utterance {utt_id!r}: transcript {text!r} is empty after normalisation")
         sample_rate = record.get("sample_rate", 16000)
         if not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise ValueError(f"utterance {utt_id!r}: 'sample_rate' must be a positive integer")
+            raise ManifestEntryError(f"utterance {utt_id!r}: 'sample_rate' must be a positive integer")
         downmix = record.get("downmix", False)
         if not isinstance(downmix, bool):
-            raise ValueError(f"utterance {utt_id!r}: 'downmix' must be true or false, got {downmix!r}")
+            raise ManifestEntryError(f"utterance {utt_id!r}: 'downmix' must be true or false, got {downmix!r}")
         offset = float(record.get("offset", 0.0))
         if offset < 0:
-            raise ValueError(f"utterance {utt_id!r}: 'offset' must be >= 0")
+            raise ManifestEntryError(f"utterance {utt_id!r}: 'offset' must be >= 0")
         limit = float(duration) + _TIME_TOLERANCE_S
 
         words = None
@@ -206,14 +235,14 @@ class Utterance:
                 try:
                     span = WordSpan(str(w["word"]), float(w["start"]), float(w["end"]))
                 except (KeyError, TypeError, ValueError) as err:
-                    raise ValueError(f"utterance {utt_id!r}: malformed word span {w!r}") from err
+                    raise ManifestEntryError(f"utterance {utt_id!r}: malformed word span {w!r}") from err
                 if not (0.0 <= span.start <= span.end <= limit):
-                    raise ValueError(
+                    raise ManifestEntryError(
                         f"utterance {utt_id!r}: word span {span.word!r} [{span.start}, {span.end}] "
                         f"is not inside [0, duration={duration}]"
                     )
                 if span.start < previous_start:
-                    raise ValueError(f"utterance {utt_id!r}: word spans are not sorted by start")
+                    raise ManifestEntryError(f"utterance {utt_id!r}: word spans are not sorted by start")
                 previous_start = span.start
                 words.append(span)
         nonspeech = None
@@ -223,20 +252,20 @@ class Utterance:
                 try:
                     span = NonSpeechSpan(str(s["kind"]), float(s["start"]), float(s["end"]), s.get("source"))
                 except (KeyError, TypeError, ValueError) as err:
-                    raise ValueError(f"utterance {utt_id!r}: malformed nonspeech span {s!r}") from err
+                    raise ManifestEntryError(f"utterance {utt_id!r}: malformed nonspeech span {s!r}") from err
                 if span.kind not in NONSPEECH_KINDS:
-                    raise ValueError(
+                    raise ManifestEntryError(
                         f"utterance {utt_id!r}: nonspeech kind must be one of {NONSPEECH_KINDS}, got {span.kind!r}"
                     )
                 if not (0.0 <= span.start <= span.end <= limit):
-                    raise ValueError(f"utterance {utt_id!r}: nonspeech span [{span.start}, {span.end}] out of range")
+                    raise ManifestEntryError(f"utterance {utt_id!r}: nonspeech span [{span.start}, {span.end}] out of range")
                 nonspeech.append(span)
         noise = None
         if record.get("noise") is not None:
             try:
                 noise = NoiseInfo(str(record["noise"]["kind"]), float(record["noise"]["snr_db"]))
             except (KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"utterance {utt_id!r}: malformed noise {record['noise']!r}") from err
+                raise ManifestEntryError(f"utterance {utt_id!r}: malformed noise {record['noise']!r}") from err
         known = {"id", "key", "audio_filepath", "duration", "text", "speaker", "sample_rate", "offset",
                  "words", "nonspeech", "noise", "downmix"}
         return cls(
@@ -273,7 +302,7 @@ class SkipCounter:
     def skip(self, where: str, reason: str, category: str) -> None:
         message = f"{self.source}: {where}: {reason}"
         if self.strict:
-            raise ValueError(message)
+            raise SkippedEntry(message, category)
         if self.verbose:
             print(f"skip: {message}")
         self.skipped.append((where, reason))
@@ -330,6 +359,7 @@ def read_manifest(path: str | os.PathLike, strict: bool = False, check_files: bo
     counter = SkipCounter(str(path), strict=strict, verbose=verbose)
     utterances: list[Utterance] = []
     seen: set[str] = set()
+    not_jsonl: set[str] = set()  # lines skipped as not JSON, or JSON but not an object
     with open(path, "rb") as f:  # bytes: one line that is not UTF-8 must not abort the others
         for line_no, raw_line in enumerate(f, start=1):
             where = f"line {line_no}"
@@ -344,14 +374,19 @@ def read_manifest(path: str | os.PathLike, strict: bool = False, check_files: bo
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 counter.skip(where, f"invalid JSON ({err.msg})", "invalid json")
+                not_jsonl.add(where)
                 continue
             if isinstance(record, dict) and isinstance(record.get("id", record.get("key")), str):
                 where = f"line {line_no} (utterance {record.get('id', record.get('key'))!r})"
             try:
                 utt = Utterance.from_dict(record, manifest_dir)
-            except ValueError as err:
-                category = "empty transcript" if "normalisation" in str(err) else "invalid entry"
-                counter.skip(where, str(err), category)
+            except ManifestEntryError as err:
+                counter.skip(where, str(err), err.category)
+                if isinstance(err, NotAJSONObject):
+                    not_jsonl.add(where)
+                continue
+            except ValueError as err:  # a field that float() refuses, e.g. "offset": "soon"
+                counter.skip(where, str(err), ManifestEntryError.category)
                 continue
             if utt.id in seen:
                 counter.skip(where, f"duplicate id {utt.id!r}", "duplicate id")
@@ -367,9 +402,10 @@ def read_manifest(path: str | os.PathLike, strict: bool = False, check_files: bo
         if not counter.skipped:
             raise ValueError(f"manifest {path} holds no utterance (it is empty)")
         where, reason = counter.skipped[0]
+        # the file is no JSONL at all when every skip is a bad entry and the first is not JSON or not an object
         hint = ("; is it JSONL (one JSON object per line, not a JSON array or CSV)?"
                 if counter.counts.get("invalid json", 0) + counter.counts.get("invalid entry", 0) == len(counter.skipped)
-                and ("invalid JSON" in reason or "not a JSON object" in reason) else "")
+                and where in not_jsonl else "")
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(counter.counts.items()))
         raise ValueError(f"manifest {path} holds no usable utterance: all {len(counter.skipped)} line(s) were "
                          f"skipped ({counts}; first: {where}: {reason}){hint}")

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from otalign.data.manifest import NonSpeechSpan, Utterance, WordSpan, normalize_text, read_manifest, write_manifest
+from otalign.data.manifest import (EmptyTranscript, ManifestEntryError, NonSpeechSpan, NotAJSONObject, SkippedEntry,
+                                   Utterance, WordSpan, normalize_text, read_manifest, write_manifest)
 
 
 def test_normalize_text_keeps_lowercase_letters_apostrophes_and_single_spaces():
@@ -62,6 +63,33 @@ def test_read_manifest_strict_raises_naming_file_line_and_id(tmp_path):
     path = _bad_manifest(tmp_path)
     with pytest.raises(ValueError, match=r"bad.jsonl: line 2 \(utterance 'u1'\): duplicate id"):
         read_manifest(path, strict=True)
+
+
+def test_entry_errors_are_typed_and_carry_their_skip_category():
+    good = {"id": "u", "audio_filepath": "a.wav", "duration": 1.0, "text": "hi"}
+    for record, kind, category in ((["u"], NotAJSONObject, "invalid entry"),
+                                   ({**good, "text": "42 !!"}, EmptyTranscript, "empty transcript"),
+                                   ({**good, "duration": 0}, ManifestEntryError, "invalid entry")):
+        with pytest.raises(kind) as err:
+            Utterance.from_dict(record)
+        assert isinstance(err.value, ValueError) and err.value.category == category
+
+
+def test_strict_read_raises_a_typed_skip_with_its_category(tmp_path):
+    _write_lines(tmp_path / "m.jsonl", [{"id": "u", "audio_filepath": "a.wav", "duration": 1.0, "text": "42 !!"}])
+    with pytest.raises(SkippedEntry, match=r"m.jsonl: line 1 \(utterance 'u'\): .*transcript '42 !!' is empty") as err:
+        read_manifest(tmp_path / "m.jsonl", strict=True)
+    assert err.value.category == "empty transcript"
+
+
+def test_a_file_that_is_no_jsonl_gets_the_hint_and_one_with_bad_entries_does_not(tmp_path):
+    (tmp_path / "array.jsonl").write_text('[{"id": "u"}]\n')
+    with pytest.raises(ValueError, match="is it JSONL"):
+        read_manifest(tmp_path / "array.jsonl", verbose=False)
+    _write_lines(tmp_path / "bad.jsonl", [{"id": "u", "audio_filepath": "a.wav", "duration": 0, "text": "hi"}])
+    with pytest.raises(ValueError, match="duration") as err:
+        read_manifest(tmp_path / "bad.jsonl", verbose=False)
+    assert "is it JSONL" not in str(err.value)
 
 
 def test_read_manifest_check_files_skips_missing_audio(tmp_path):

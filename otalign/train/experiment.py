@@ -8,8 +8,9 @@ Stages (each idempotent, each skipped when its output exists):
                resumes from them on another machine instead of recomputing)
   3. report    ``docs/results.md`` (+ plots) generated from the JSON files only
 
-The experiment YAML holds ``base`` (a TrainConfig mapping), ``systems`` (name -> overrides),
-``benchmarks`` (name -> overrides, typically data paths) and ``seeds``; a run's config is
+The experiment YAML is an :class:`ExperimentConfig` (every key checked, unknown keys are errors):
+``base`` (a TrainConfig mapping), ``systems`` (name -> overrides), ``benchmarks`` (name ->
+``{train: overrides}``, typically data paths) and ``seeds``; a run's config is
 base <- benchmark <- system <- {seed, exp_dir}, validated by the one schema in config.py.
 ``attempts`` has the same form as ``systems``: the settings tried while looking for why the grid
 does what it does. They are not part of the grid: they run only when ``--only`` names them, and
@@ -18,8 +19,7 @@ that many runs at once, each in its own process with ``base.threads`` torch thre
 ``<exp_dir>/run.log``; conf/experiment.yaml sets one thread per run and one run per core.
 Under torchrun every run trains on all ranks with DDP, one run at a time; rank 0 prepares the
 data, decodes, scores and writes. ``budget_hours`` (optional) is the wall-clock the grid should
-fit in; the report compares it with the time in which a grid run was going, from each result's
-``started_at``/``finished_at`` (or, for results without them, the summed run times over ``jobs``).
+fit in, checked by the report (otalign/train/budget.py).
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from otalign.train.config import _from_dict, TrainConfig, to_dict, validate
+from otalign.train.config import _from_dict, ConfigError, TrainConfig, to_dict, validate
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -54,46 +55,173 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_experiment(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"experiment config not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
-    known = {"name", "results_dir", "exp_root", "seeds", "base", "systems", "benchmarks", "prepare",
-             "report", "alignment_utterances", "keep_checkpoints", "attempts", "budget_hours", "jobs"}
-    unknown = set(spec) - known
+@dataclass
+class SynthPrepare:
+    """``prepare.synth``: ``out`` plus keyword arguments of ``otalign.data.synth.synthesize_corpus``.
+
+    The option names are checked against that function's signature when the corpus is made
+    (:meth:`check`), so that loading a config does not import the synthesizer.
+    """
+    out: str
+    options: dict[str, Any] = field(default_factory=dict)
+    where: str = "experiment"
+
+    def check(self) -> None:
+        import inspect
+
+        from otalign.data.synth import synthesize_corpus
+        known = set(inspect.signature(synthesize_corpus).parameters) - {"out_dir"}
+        _keys(self.options, known | {"out"}, self.where, "prepare.synth")
+
+
+@dataclass
+class AsteriskPrepare:
+    """``prepare.asterisk``: the folder the asterisk prompts are prepared into."""
+    out: str
+
+
+@dataclass
+class PrepareConfig:
+    """Stage 1: what to make before the first run (each part skipped when its ``train.jsonl`` exists)."""
+    synth: SynthPrepare | None = None
+    asterisk: AsteriskPrepare | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    """The experiment YAML (conf/experiment*.yaml), every key checked; see the module doc."""
+    seeds: list[int]
+    systems: dict[str, dict[str, Any]]
+    """name -> TrainConfig overrides (the grid)."""
+    benchmarks: dict[str, dict[str, Any]]
+    """name -> TrainConfig overrides (its ``train`` mapping), typically the data paths."""
+    name: str = "experiment"
+    results_dir: str = "results"
+    exp_root: str = "exp/experiment"
+    report: str | None = None
+    """The results page written from the JSON files; none when null."""
+    discussion: str | None = None
+    """Hand-written markdown appended to the report; by default ``results_discussion.md`` beside it, if there."""
+    alignment_utterances: int = 64
+    keep_checkpoints: bool = True
+    jobs: int = 1
+    budget_hours: float | None = None
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    base: dict[str, Any] = field(default_factory=dict)
+    attempts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Like ``systems``, run only when ``--only`` names them."""
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"experiment config not found: {path}")
+        return cls.from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "experiment") -> ExperimentConfig:
+        """Validate ``d`` (a parsed experiment YAML); errors read ``<where>: <key> ...``."""
+        _keys(d, {f.name for f in fields(cls)}, where, "")
+        for key in ("systems", "benchmarks", "seeds"):
+            if not d.get(key):
+                raise ConfigError(f"{where}: '{key}' is empty or missing")
+        seeds = d["seeds"]
+        if not isinstance(seeds, list) or not all(_whole(k, 0) for k in seeds) or len(set(seeds)) < len(seeds):
+            raise ConfigError(f"{where}: seeds must be a list of distinct whole numbers, got {seeds!r}")
+        scalars = {}
+        for key, (default, ok, what) in _SCALARS.items():
+            value = scalars[key] = d.get(key, default)
+            if not (value is None and default is None) and not ok(value):
+                raise ConfigError(f"{where}: {key} must be {what}, got {value!r}")
+        base = _mapping(d.get("base"), where, "base")
+        systems = {name: _mapping(o, where, f"systems.{name}") for name, o in _mapping(d["systems"], where, "systems").items()}
+        attempts = {name: _mapping(o, where, f"attempts.{name}")
+                    for name, o in _mapping(d.get("attempts"), where, "attempts").items()}
+        clash = set(systems) & set(attempts)
+        if clash:
+            raise ConfigError(f"{where}: names used both as systems and as attempts: {sorted(clash)}")
+        benchmarks = {}
+        for name, bench in _mapping(d["benchmarks"], where, "benchmarks").items():
+            bench = _mapping(bench, where, f"benchmarks.{name}")
+            _keys(bench, {"train"}, where, f"benchmarks.{name}")
+            benchmarks[name] = _mapping(bench.get("train"), where, f"benchmarks.{name}.train")
+        return cls(seeds=list(seeds), systems=systems, benchmarks=benchmarks, **scalars,
+                   jobs=check_jobs(d.get("jobs", 1), f"{where}: jobs"),
+                   prepare=_prepare(d.get("prepare"), where), base=base, attempts=attempts)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _whole(value: Any, least: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+# the scalar keys: default, check, what a value must be (a null default allows null)
+_SCALARS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
+    "name": ("experiment", _text, "a non-empty string"),
+    "results_dir": ("results", _text, "a folder path"),
+    "exp_root": ("exp/experiment", _text, "a folder path"),
+    "report": (None, _text, "null or a file path"),
+    "discussion": (None, _text, "null or a markdown file's path"),
+    "alignment_utterances": (64, _whole, "a positive whole number"),
+    "keep_checkpoints": (True, lambda v: isinstance(v, bool), "true or false"),
+    "budget_hours": (None, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                     "a positive number of hours"),
+}
+
+
+def _mapping(value: Any, where: str, key: str) -> dict[str, Any]:
+    """A YAML mapping (an empty entry, ``ctc:``, is an empty one); anything else names ``key``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+    return value
+
+
+def _keys(d: dict[str, Any], known: set[str], where: str, section: str) -> None:
+    unknown = set(_mapping(d, where, section or "the file")) - known
     if unknown:
-        raise ValueError(f"{path}: unknown experiment key(s) {sorted(unknown)} (known: {sorted(known)})")
-    spec["attempts"] = spec.get("attempts") or {}
-    budget = spec.get("budget_hours")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
-        raise ValueError(f"{path}: budget_hours must be a positive number of hours, got {budget!r}")
-    spec["jobs"] = check_jobs(spec.get("jobs", 1), f"{path}: jobs")
-    for key in ("systems", "benchmarks", "seeds"):
-        if not spec.get(key):
-            raise ValueError(f"{path}: '{key}' is empty or missing")
-    return spec
+        what = f"key(s) {sorted(f'{section}.{k}' if section else k for k in unknown)}"
+        raise ConfigError(f"{where}: unknown experiment {what} (known{f' in {section}' if section else ''}: "
+                          f"{sorted(known)})")
+
+
+def _prepare(d: Any, where: str) -> PrepareConfig:
+    d = _mapping(d, where, "prepare")
+    _keys(d, {"synth", "asterisk"}, where, "prepare")
+    prepare = PrepareConfig()
+    for part in d:
+        spec = _mapping(d[part], where, f"prepare.{part}")
+        out = spec.get("out")
+        if not isinstance(out, str) or not out.strip():
+            raise ConfigError(f"{where}: prepare.{part}.out must be a folder path, got {out!r}")
+        if part == "asterisk":
+            _keys(spec, {"out"}, where, "prepare.asterisk")
+            prepare.asterisk = AsteriskPrepare(out)
+        else:
+            prepare.synth = SynthPrepare(out, {k: v for k, v in spec.items() if k != "out"}, where)
+    return prepare
 
 
 def check_jobs(jobs: Any, where: str) -> int:
-    """``jobs`` as a positive int, or a ValueError that names ``where`` it came from."""
+    """``jobs`` as a positive int, or a ConfigError that names ``where`` it came from."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"{where} must be a positive whole number of runs at once, got {jobs!r}")
+        raise ConfigError(f"{where} must be a positive whole number of runs at once, got {jobs!r}")
     return jobs
 
 
-def run_configs(spec: dict[str, Any], attempts: bool = False) -> list[tuple[str, str, int, TrainConfig]]:
+def run_configs(spec: ExperimentConfig, attempts: bool = False) -> list[tuple[str, str, int, TrainConfig]]:
     """Every (benchmark, system, seed, config) of the grid (plus the attempts if asked), validated up front."""
     runs = []
-    exp_root = Path(spec.get("exp_root", "exp/experiment"))
-    systems = {**spec["systems"], **spec["attempts"]} if attempts else spec["systems"]
-    clash = set(spec["systems"]) & set(spec["attempts"])
-    if clash:
-        raise ValueError(f"names used both as systems and as attempts: {sorted(clash)}")
-    for bench_name, bench in spec["benchmarks"].items():
+    exp_root = Path(spec.exp_root)
+    systems = {**spec.systems, **spec.attempts} if attempts else spec.systems
+    for bench_name, bench in spec.benchmarks.items():
         for system, overrides in systems.items():
-            for seed in spec["seeds"]:
-                raw = _merge(_merge(spec.get("base", {}), bench.get("train", {})), overrides or {})
+            for seed in spec.seeds:
+                raw = _merge(_merge(spec.base, bench), overrides)
                 raw["seed"] = seed
                 raw["exp_dir"] = str(exp_root / bench_name / f"{system}__seed{seed}")
                 config = _from_dict(TrainConfig, raw, "")
@@ -102,8 +230,8 @@ def run_configs(spec: dict[str, Any], attempts: bool = False) -> list[tuple[str,
     return runs
 
 
-def result_path(spec: dict[str, Any], bench: str, system: str, seed: int) -> Path:
-    return Path(spec.get("results_dir", "results")) / bench / f"{system}__seed{seed}.json"
+def result_path(spec: ExperimentConfig, bench: str, system: str, seed: int) -> Path:
+    return Path(spec.results_dir) / bench / f"{system}__seed{seed}.json"
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -131,17 +259,18 @@ def config_drift(stored: dict[str, Any], current: TrainConfig) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- stage 1: data
-def prepare_data(spec: dict[str, Any]) -> None:
-    prepare = spec.get("prepare", {}) or {}
-    if "synth" in prepare:
-        out = Path(prepare["synth"]["out"])
+def prepare_data(spec: ExperimentConfig) -> None:
+    prepare = spec.prepare
+    if prepare.synth is not None:
+        out = Path(prepare.synth.out)
         if not (out / "train.jsonl").exists():
             from otalign.data.synth import synthesize_corpus
-            options = {k: v for k, v in prepare["synth"].items() if k != "out"}
+            prepare.synth.check()
+            options = prepare.synth.options
             print(f"[experiment] synthesizing {out} ({options})")
             synthesize_corpus(out, **options)
-    if "asterisk" in prepare:
-        out = Path(prepare["asterisk"]["out"])
+    if prepare.asterisk is not None:
+        out = Path(prepare.asterisk.out)
         if not (out / "train.jsonl").exists():
             from otalign.data.asterisk import prepare_asterisk
             print(f"[experiment] preparing asterisk prompts into {out}")
@@ -149,7 +278,7 @@ def prepare_data(spec: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- stage 2: one run
-def run_one(spec: dict[str, Any], bench: str, system: str, seed: int,
+def run_one(spec: ExperimentConfig, bench: str, system: str, seed: int,
             config: TrainConfig) -> dict[str, Any] | None:
     """Train one run (on every torchrun rank), then decode, score and write its result (rank 0).
 
@@ -171,7 +300,7 @@ def run_one(spec: dict[str, Any], bench: str, system: str, seed: int,
         barrier(info)  # even when scoring failed: the other ranks must not wait for ever
 
 
-def _evaluate_and_record(spec: dict[str, Any], bench: str, system: str, seed: int, config: TrainConfig,
+def _evaluate_and_record(spec: ExperimentConfig, bench: str, system: str, seed: int, config: TrainConfig,
                          final: Path, started: float, started_at: str, code_version: str) -> dict[str, Any]:
     from otalign.data.manifest import read_manifest
     from otalign.decode.recipe import decode_manifest
@@ -187,7 +316,7 @@ def _evaluate_and_record(spec: dict[str, Any], bench: str, system: str, seed: in
     alignment: dict[str, Any] = {}
     if config.transfer.aligner != "none":
         trainable, _, cmvn = load_trainable(exp_dir / f"epoch_{rank_checkpoints(exp_dir)[0]['epoch']}.pt")
-        limit = int(spec.get("alignment_utterances", 64))
+        limit = spec.alignment_utterances
         for name, manifest in config.data.test_manifests.items():
             utterances = list(read_manifest(manifest))[:limit]
             if any(u.words for u in utterances):  # real corpora carry no word timings
@@ -216,7 +345,7 @@ def _evaluate_and_record(spec: dict[str, Any], bench: str, system: str, seed: in
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1, default=_json_default))
     tmp.replace(path)
-    if not spec.get("keep_checkpoints", True):
+    if not spec.keep_checkpoints:
         for ckpt in exp_dir.glob("epoch_*.pt"):
             ckpt.unlink()
     return result
@@ -233,7 +362,7 @@ def _json_default(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- driver
-def _run_one_logged(spec: dict[str, Any], bench: str, system: str, seed: int, config: TrainConfig) -> dict[str, Any]:
+def _run_one_logged(spec: ExperimentConfig, bench: str, system: str, seed: int, config: TrainConfig) -> dict[str, Any]:
     """`run_one` in a worker process, its output (tqdm, warnings, C-level too) in ``<exp_dir>/run.log``."""
     log = Path(config.exp_dir) / "run.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +381,7 @@ def _run_one_logged(spec: dict[str, Any], bench: str, system: str, seed: int, co
             os.close(saved[0]), os.close(saved[1])
 
 
-def _run_pending(spec: dict[str, Any], pending: list[tuple[str, str, int, TrainConfig]], jobs: int) -> None:
+def _run_pending(spec: ExperimentConfig, pending: list[tuple[str, str, int, TrainConfig]], jobs: int) -> None:
     """Run ``pending`` in order, ``jobs`` at a time; a failed run is reported and the others go on.
 
     With one job the runs go in this process, their output on the console; with more, each goes
@@ -304,29 +433,28 @@ def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bo
     Runs are ordered seed-major (every system's seed 0 before any seed 1), so a grid cut short
     still compares all systems. ``jobs`` overrides the config's ``jobs``: runs at once.
     """
-    spec = load_experiment(config_path)
+    spec = ExperimentConfig.load(config_path)
     if jobs is not None:
-        spec["jobs"] = check_jobs(jobs, "--jobs")
+        spec.jobs = check_jobs(jobs, "--jobs")
     wanted = set(only.split(",")) if only else None
-    known = set(spec["systems"]) | set(spec["attempts"])
+    known = set(spec.systems) | set(spec.attempts)
     if wanted and wanted - known:
         raise ValueError(f"--only: unknown system(s) {sorted(wanted - known)} in {config_path}")
     # attempts run only when --only names them; the grid count covers the systems alone
-    runs = [r for r in run_configs(spec, attempts=bool(wanted)) if r[1] in spec["systems"] or r[1] in wanted]
-    runs.sort(key=lambda r: (list(spec["benchmarks"]).index(r[0]), r[2]))
+    runs = [r for r in run_configs(spec, attempts=bool(wanted)) if r[1] in spec.systems or r[1] in wanted]
+    runs.sort(key=lambda r: (list(spec.benchmarks).index(r[0]), r[2]))
     wanted_seeds = {int(k) for k in seeds.split(",")} if seeds else None
     wanted_benchmarks = set(benchmarks.split(",")) if benchmarks else None
     if not report_only:
         _run_missing(spec, runs, config_path, dry_run, wanted, wanted_seeds, wanted_benchmarks)
         if dry_run:
             return
-    report = spec.get("report")
-    if report and _is_main_process():
+    if spec.report and _is_main_process():
         from otalign.train.report import write_report
-        write_report(spec, Path(report))
+        write_report(spec, Path(spec.report))
 
 
-def _run_missing(spec: dict[str, Any], runs: list[tuple[str, str, int, TrainConfig]], config_path: str | Path,
+def _run_missing(spec: ExperimentConfig, runs: list[tuple[str, str, int, TrainConfig]], config_path: str | Path,
                  dry_run: bool, wanted: set[str] | None, wanted_seeds: set[int] | None,
                  wanted_benchmarks: set[str] | None) -> None:
     """Stages 1 and 2 for the runs without a result, alone or on every rank of a torchrun job.
@@ -353,11 +481,11 @@ def _run_missing(spec: dict[str, Any], runs: list[tuple[str, str, int, TrainConf
             dist.broadcast_object_list(todo, src=0)
             by_key = {(b, s, k): (b, s, k, c) for b, s, k, c in runs}
             pending = [by_key[tuple(key)] for key in todo[0]]
-            if spec["jobs"] > 1:
+            if spec.jobs > 1:
                 say(f"[experiment] under torchrun each run trains on all {info.world_size} ranks: "
-                    f"runs go one at a time (jobs: {spec['jobs']} is not used)")
-                spec["jobs"] = 1
-        grid_size = sum(1 for r in runs if r[1] in spec["systems"])
+                    f"runs go one at a time (jobs: {spec.jobs} is not used)")
+                spec.jobs = 1
+        grid_size = sum(1 for r in runs if r[1] in spec.systems)
         say(f"[experiment] {grid_size} runs in the grid (+{len(runs) - grid_size} attempts), {len(pending)} to do")
         for bench, system, seed, config in runs:
             path = result_path(spec, bench, system, seed)
@@ -374,7 +502,7 @@ def _run_missing(spec: dict[str, Any], runs: list[tuple[str, str, int, TrainConf
             if info.is_main:
                 prepare_data(spec)
             barrier(info)
-        _run_pending(spec, pending, spec["jobs"])
+        _run_pending(spec, pending, spec.jobs)
     finally:
         if info.world_size > 1 and owns_group:
             dist.destroy_process_group()

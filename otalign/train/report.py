@@ -11,9 +11,13 @@ import math
 import re
 import statistics
 from collections import defaultdict
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from otalign.train.budget import cost_line, grid_cost_line
+
+if TYPE_CHECKING:
+    from otalign.train.experiment import ExperimentConfig
 
 
 def _mean_std(values: list[float]) -> str:
@@ -250,82 +254,14 @@ def plot_rho(systems: dict[str, list[dict[str, Any]]], out_png: Path, title: str
     return True
 
 
-def cost_line(systems: dict[str, list[dict[str, Any]]], grid: list[str], total_runs: int, jobs: int = 1) -> str:
-    """Wall-clock of the finished grid runs and what the whole grid would take at their median."""
-    walls = sorted(r["wall_s"] / 60 for name in grid for r in systems.get(name, []) if r.get("wall_s"))
-    if not walls:
-        return ""
-    median = statistics.median(walls)
-    line = (f"Wall-clock per grid run (training, decoding and alignment scoring): median {median:.1f} min, "
-            f"range {walls[0]:.1f}-{walls[-1]:.1f} min over {len(walls)} runs. At the median, all {total_runs} "
-            f"runs of this benchmark take {median * total_runs / 60:.1f} h one after another")
-    if jobs > 1:
-        line += f", {median * total_runs / 60 / jobs:.1f} h {jobs} at a time"
-    return line + "."
-
-
-def busy_hours(runs: list[dict[str, Any]]) -> float | None:
-    """Hours in which at least one of ``runs`` was going: the union of their start-finish spans.
-
-    This is the grid's wall-clock with the pauses between sittings left out, idle tails included
-    (a lone last run counts in full). None when a run lacks ``started_at``/``finished_at``.
-    """
-    if not runs or any(not (r.get("started_at") and r.get("finished_at")) for r in runs):
-        return None
-    spans = sorted((datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"])) for r in runs)
-    seconds, (start, end) = 0.0, spans[0]
-    for next_start, next_end in spans[1:]:
-        if next_start > end:
-            seconds += (end - start).total_seconds()
-            start, end = next_start, next_end
-        else:
-            end = max(end, next_end)
-    return (seconds + (end - start).total_seconds()) / 3600
-
-
-def grid_cost_line(grouped: dict[str, dict[str, list[dict[str, Any]]]], spec: dict[str, Any]) -> str:
-    """The grid's measured run time, summed over every benchmark, against ``budget_hours`` if given.
-
-    ``jobs`` runs share the machine, so the grid's wall-clock is at least the summed run time over
-    ``jobs``; a sum, not a median, so that slow runs count. When every run has start and finish
-    times, the budget is checked on the time in which a grid run was going (``busy_hours``) instead.
-    """
-    timed = [r for bench in spec["benchmarks"] for name in spec["systems"]
-             for r in grouped.get(bench, {}).get(name, []) if r.get("wall_s")]
-    walls = [r["wall_s"] for r in timed]
-    if not walls:
-        return ""
-    total = len(spec["systems"]) * len(spec["seeds"]) * len(spec["benchmarks"])
-    jobs = int(spec.get("jobs", 1))
-    hours = sum(walls) / 3600
-    how = "one after another" if jobs == 1 else f"{jobs} at a time"
-    line = f"Cost of the grid: {len(walls)}/{total} runs finished, {hours:.1f} h of measured run time"
-    line += "." if jobs == 1 else f", {hours / jobs:.1f} h {how}."
-    busy = busy_hours(timed)
-    if busy is not None:
-        line += (f" Wall-clock with a grid run going, from the runs' start and finish times: {busy:.1f} h "
-                 "(pauses between sittings left out).")
-    # the pace says how much of the cost is the machine's load rather than the settings
-    paces = sorted(r["x_real_time"] for r in timed if r.get("x_real_time"))
-    if paces:
-        line += (f" Training ran at {paces[0]:.0f}-{paces[-1]:.0f}x real time per process "
-                 f"(median {statistics.median(paces):.0f}x).")
-    budget = spec.get("budget_hours")
-    if budget:
-        measured = busy if busy is not None else hours / jobs
-        verdict = ("within it" if measured <= budget
-                   else f"**over it by {100 * (measured / budget - 1):.0f}%**")
-        scope = "" if len(walls) == total else " for the finished runs alone"
-        basis = "wall-clock" if busy is not None else f"run time over {jobs}" if jobs > 1 else "run time"
-        line += f" The budget is {budget:g} h, runs {how}: {verdict} ({basis}){scope}."
-    return line
-
-
-def write_report(spec: dict[str, Any], out_md: Path) -> None:
-    results_dir = Path(spec.get("results_dir", "results"))
-    grouped = load_results(results_dir, list(spec["benchmarks"]))
-    order = list(spec["systems"])
-    lines = [f"# Results: {spec.get('name', 'experiment')}", "",
+def write_report(spec: ExperimentConfig, out_md: Path) -> None:
+    discussion = Path(spec.discussion or out_md.parent / "results_discussion.md")
+    if spec.discussion and not discussion.is_file():
+        raise FileNotFoundError(f"discussion: {discussion} is not a file (named by the experiment config)")
+    results_dir = Path(spec.results_dir)
+    grouped = load_results(results_dir, list(spec.benchmarks))
+    order = list(spec.systems)
+    lines = [f"# Results: {spec.name}", "",
              f"Generated by `otalign experiment --report-only` from `{results_dir}/`; every number below is "
              "read from those JSON files (one per run). CER/WER in %, mean ± std over seeds; "
              "'rel. CER vs ctc' compares mean CERs; alignment precision (P) and token recall (R) are "
@@ -334,20 +270,20 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
     grid_cost = grid_cost_line(grouped, spec)
     if grid_cost:
         lines += [grid_cost, ""]
-    for bench in spec["benchmarks"]:
+    for bench in spec.benchmarks:
         systems = grouped.get(bench, {})
-        done = sum(len(v) for name, v in systems.items() if name in spec["systems"])
-        total = len(spec["systems"]) * len(spec["seeds"])
+        done = sum(len(v) for name, v in systems.items() if name in spec.systems)
+        total = len(spec.systems) * len(spec.seeds)
         lines += [f"## Benchmark `{bench}` ({done}/{total} runs finished)", ""]
         if not systems:
             lines += ["No finished run yet.", ""]
             continue
         lines += benchmark_table(systems, order) + [""]
         lines += alignment_note(systems)
-        cost = cost_line(systems, order, total, int(spec.get("jobs", 1)))
+        cost = cost_line(systems, order, total, spec.jobs)
         if cost:
             lines += [cost, ""]
-        paired = paired_table(systems, order + list(spec["attempts"]))
+        paired = paired_table(systems, order + list(spec.attempts))
         if paired:
             lines += ["CER change against plain CTC of the same seed (same initialisation and batch order), "
                       "in CER points, mean ± std over the paired seeds; negative is better. In brackets: the seeds on "
@@ -364,19 +300,18 @@ def write_report(spec: dict[str, Any], out_md: Path) -> None:
             lines += ["The issue's targets, read off the grid (the uot grid system with the lowest mean CER on each "
                       "test set, i.e. uot 'at its best rho'):", ""]
             lines += targets + [""]
-        attempts = [name for name in spec["attempts"] if name in systems]
+        attempts = [name for name in spec.attempts if name in systems]
         if attempts:
             lines += [f"Attempts on `{bench}` (not part of the grid; settings in `conf/experiment.yaml`, "
                       "'rel. CER vs ctc' against the same ctc mean):", ""]
             lines += benchmark_table(systems, ["ctc"] + attempts) + [""]
-        unknown = sorted(set(systems) - set(spec["systems"]) - set(spec["attempts"]))
+        unknown = sorted(set(systems) - set(spec.systems) - set(spec.attempts))
         if unknown:
             lines += [f"Results under `{results_dir / bench}` for names this config does not define (not shown): "
                       + ", ".join(f"`{name}`" for name in unknown), ""]
         png = out_md.parent / "img" / "results" / f"{bench}_rho.png"
         if plot_rho(systems, png, f"{bench}: CER and alignment against rho"):
             lines += [f"![CER and precision/recall against rho]({png.relative_to(out_md.parent).as_posix()})", ""]
-    discussion = Path(spec.get("discussion", out_md.parent / "results_discussion.md"))
     if discussion.exists():
         lines += [discussion.read_text()]
     out_md.parent.mkdir(parents=True, exist_ok=True)

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from otalign.train.experiment import load_experiment, run_configs, run_experiment
+from otalign.train.experiment import ExperimentConfig, run_configs, run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_full_grid_config_expands_and_validates():
-    spec = load_experiment(ROOT / "conf/experiment.yaml")
+    spec = ExperimentConfig.load(ROOT / "conf/experiment.yaml")
     runs = run_configs(spec)
-    assert len(runs) == len(spec["systems"]) * len(spec["seeds"]) * len(spec["benchmarks"])
+    assert len(runs) == len(spec.systems) * len(spec.seeds) * len(spec.benchmarks)
     uot = {c.transfer.rho_frames for _, s, _, c in runs if c.transfer.aligner == "uot"}
     assert len(uot) >= 3
 
@@ -24,7 +24,51 @@ def test_unknown_experiment_key_is_an_error(tmp_path):
     bad = tmp_path / "x.yaml"
     bad.write_text("systems: {a: {}}\nbenchmarks: {b: {}}\nseeds: [0]\nsytems: {}\n")
     with pytest.raises(ValueError, match="sytems"):
-        load_experiment(bad)
+        ExperimentConfig.load(bad)
+
+
+@pytest.mark.parametrize("name", ["experiment", "experiment_whisper", "experiment_smoke"])
+def test_every_experiment_yaml_loads_into_the_schema(name):
+    spec = ExperimentConfig.load(ROOT / f"conf/{name}.yaml")
+    assert spec.systems and spec.seeds and spec.benchmarks and spec.prepare.synth is not None
+    assert all(set(bench) <= {"data", "model", "teacher", "transfer", "optim"} for bench in spec.benchmarks.values())
+    assert ExperimentConfig.from_dict({"systems": {"a": None}, "benchmarks": {"b": None}, "seeds": [0]}).report is None
+
+
+@pytest.mark.parametrize("text, key", [
+    ("prepare: {synt: {out: d}}\n", "prepare.synt"),
+    ("prepare: {asterisk: {out: d, limit: 3}}\n", "prepare.asterisk.limit"),
+    ("prepare: {synth: {seed: 1}}\n", "prepare.synth.out"),
+    ("prepare: [synth]\n", "prepare must be a mapping"),
+    ("base: 3\n", "base must be a mapping"),
+    ("attempts: {x: [1]}\n", "attempts.x must be a mapping"),
+    ("alignment_utterances: 0\n", "alignment_utterances"),
+    ("keep_checkpoints: 'no'\n", "keep_checkpoints"),
+    ("discussion: 3\n", "discussion"),
+    ("name: null\n", "name"),
+])
+def test_every_experiment_key_is_checked_and_named_with_its_file(tmp_path, text, key):
+    bad = tmp_path / "x.yaml"
+    bad.write_text("systems: {a: {}}\nbenchmarks: {b: {}}\nseeds: [0]\n" + text)
+    with pytest.raises(ValueError, match="x.yaml: .*" + key.replace(".", r"\.")):
+        ExperimentConfig.load(bad)
+
+
+@pytest.mark.parametrize("text, key", [("benchmarks: {b: {tran: {}}}\n", "benchmarks.b.tran"),
+                                       ("seeds: [0, 0]\n", "seeds"), ("seeds: [0.5]\n", "seeds")])
+def test_benchmarks_and_seeds_are_checked(tmp_path, text, key):
+    bad = tmp_path / "x.yaml"
+    bad.write_text("systems: {a: {}}\n" + ("" if text.startswith("benchmarks") else "benchmarks: {b: {}}\n")
+                   + ("" if text.startswith("seeds") else "seeds: [0]\n") + text)
+    with pytest.raises(ValueError, match="x.yaml: .*" + key.replace(".", r"\.")):
+        ExperimentConfig.load(bad)
+
+
+def test_synth_options_are_checked_against_the_synthesizer_when_the_corpus_is_made():
+    spec = ExperimentConfig.from_dict({"systems": {"a": {}}, "benchmarks": {"b": {}}, "seeds": [0],
+                                       "prepare": {"synth": {"out": "d", "num_utterance": 3}}}, "x.yaml")
+    with pytest.raises(ValueError, match="x.yaml: unknown experiment key.*prepare.synth.num_utterance"):
+        spec.prepare.synth.check()
 
 
 @pytest.mark.parametrize("budget", ["six", 0, -1, True])
@@ -32,7 +76,7 @@ def test_a_budget_that_is_not_a_positive_number_is_an_error(tmp_path, budget):
     bad = tmp_path / "x.yaml"
     bad.write_text(f"systems: {{a: {{}}}}\nbenchmarks: {{b: {{}}}}\nseeds: [0]\nbudget_hours: {str(budget).lower()}\n")
     with pytest.raises(ValueError, match="x.yaml: budget_hours"):
-        load_experiment(bad)
+        ExperimentConfig.load(bad)
 
 
 def test_smoke_grid_runs_writes_results_and_resumes(tmp_path, monkeypatch):
@@ -65,7 +109,7 @@ def test_jobs_that_is_not_a_positive_whole_number_is_an_error(tmp_path, jobs):
     bad = tmp_path / "x.yaml"
     bad.write_text(f"systems: {{a: {{}}}}\nbenchmarks: {{b: {{}}}}\nseeds: [0]\njobs: {json.dumps(jobs)}\n")
     with pytest.raises(ValueError, match="x.yaml: jobs"):
-        load_experiment(bad)
+        ExperimentConfig.load(bad)
     good = tmp_path / "y.yaml"
     good.write_text("systems: {a: {}}\nbenchmarks: {b: {}}\nseeds: [0]\n")
     with pytest.raises(ValueError, match="--jobs"):
@@ -113,7 +157,7 @@ def test_attempts_run_only_when_named_and_never_clash_with_systems(tmp_path, cap
                  "attempts: {uot_w100: {transfer: {aligner: uot, weight: 100}}}\n")
     path = tmp_path / "e.yaml"
     path.write_text(spec_text)
-    spec = load_experiment(path)
+    spec = ExperimentConfig.load(path)
     assert [s for _, s, _, _ in run_configs(spec)] == ["ctc"]
     assert [s for _, s, _, _ in run_configs(spec, attempts=True)] == ["ctc", "uot_w100"]
     run_experiment(path, dry_run=True)
@@ -124,15 +168,15 @@ def test_attempts_run_only_when_named_and_never_clash_with_systems(tmp_path, cap
     with pytest.raises(ValueError, match="unknown system"):
         run_experiment(path, dry_run=True, only="uot_w1000")
     path.write_text(spec_text.replace("uot_w100:", "ctc:"))
-    with pytest.raises(ValueError, match="both as systems and as attempts"):
-        run_configs(load_experiment(path), attempts=True)
+    with pytest.raises(ValueError, match="e.yaml: names used both as systems and as attempts"):
+        ExperimentConfig.load(path)
 
 
 def test_config_drift_names_the_settings_a_finished_run_did_not_use():
     from otalign.train.config import to_dict
     from otalign.train.experiment import config_drift
 
-    spec = load_experiment(ROOT / "conf/experiment.yaml")
+    spec = ExperimentConfig.load(ROOT / "conf/experiment.yaml")
     configs = {(b, s, k): c for b, s, k, c in run_configs(spec)}
     uot = configs[("synthetic", "uot_rho0.3", 0)]
     stored = to_dict(uot)
@@ -198,7 +242,7 @@ def test_target_table_checks_the_reduction_and_the_spread_of_ot():
 
 
 def test_cost_line_projects_the_grid_from_the_median_finished_run():
-    from otalign.train.report import cost_line
+    from otalign.train.budget import cost_line
 
     systems = {"ctc": [{"wall_s": 600}, {"wall_s": 1200}], "uot": [{"wall_s": 720}],
                "attempt": [{"wall_s": 6000}]}  # not a grid system: left out
@@ -210,10 +254,12 @@ def test_cost_line_projects_the_grid_from_the_median_finished_run():
 
 
 def test_grid_cost_line_sums_both_benchmarks_and_checks_the_budget():
-    from otalign.train.report import grid_cost_line
+    import dataclasses
 
-    spec = {"benchmarks": {"a": {}, "b": {}}, "systems": {"ctc": {}, "uot": {}}, "seeds": [0],
-            "budget_hours": 1, "jobs": 2}
+    from otalign.train.budget import grid_cost_line
+
+    spec = ExperimentConfig.from_dict({"benchmarks": {"a": {}, "b": {}}, "systems": {"ctc": {}, "uot": {}},
+                                       "seeds": [0], "budget_hours": 1, "jobs": 2}, "test")
     grouped = {"a": {"ctc": [{"wall_s": 3600, "x_real_time": 40.0}], "uot": [{"wall_s": 3600, "x_real_time": 80.0}]},
                "b": {"ctc": [{"wall_s": 1800, "x_real_time": 50.0}],
                      "attempt": [{"wall_s": 9e9, "x_real_time": 1.0}]}}  # not a grid system
@@ -221,7 +267,7 @@ def test_grid_cost_line_sums_both_benchmarks_and_checks_the_budget():
     assert "3/4 runs finished, 2.5 h of measured run time, 1.2 h 2 at a time" in line
     assert "at 40-80x real time per process (median 50x)" in line
     assert "over it by 25%" in line and "finished runs alone" in line
-    assert "over it by 150%" in grid_cost_line(grouped, {**spec, "jobs": 1})  # one at a time: 2.5 h
+    assert "over it by 150%" in grid_cost_line(grouped, dataclasses.replace(spec, jobs=1))  # one at a time: 2.5 h
     grouped["b"]["uot"] = [{"wall_s": 0.0}]  # a run without a recorded time is not counted
     assert "within it" not in grid_cost_line(grouped, spec)
     grouped["a"] = {"ctc": [{"wall_s": 1800}], "uot": [{"wall_s": 1800}]}
@@ -232,7 +278,7 @@ def test_grid_cost_line_sums_both_benchmarks_and_checks_the_budget():
 
 
 def test_the_budget_is_checked_on_wall_clock_when_runs_have_start_and_finish_times():
-    from otalign.train.report import busy_hours, grid_cost_line
+    from otalign.train.budget import busy_hours, grid_cost_line
 
     def run(start, end):  # hours after 10:00 on one day
         stamp = lambda h: f"2026-12-02T{10 + int(h):02d}:{round(60 * (h % 1)):02d}:00+00:00"
@@ -242,9 +288,9 @@ def test_the_budget_is_checked_on_wall_clock_when_runs_have_start_and_finish_tim
     runs = [run(0, 1), run(0, 1.5), run(1, 2), run(4, 5), run(4, 4.5)]
     assert busy_hours(runs) == pytest.approx(2 + 1)
     assert busy_hours(runs[:2] + [{"wall_s": 60}]) is None  # one run without times: no claim
-    spec = {"benchmarks": {"a": {}}, "systems": {"ctc": {}, "uot": {}, "ot": {}, "tot": {}, "cif": {}},
-            "seeds": [0], "budget_hours": 2.5, "jobs": 2}
-    grouped = {"a": {name: [r] for name, r in zip(spec["systems"], runs)}}
+    spec = ExperimentConfig.from_dict({"benchmarks": {"a": {}}, "systems": {"ctc": {}, "uot": {}, "ot": {}, "tot": {},
+                                       "cif": {}}, "seeds": [0], "budget_hours": 2.5, "jobs": 2}, "test")
+    grouped = {"a": {name: [r] for name, r in zip(spec.systems, runs)}}
     line = grid_cost_line(grouped, spec)
     # summed run time over jobs is 2.5 h, within the budget; the wall-clock, 3.0 h, is not
     assert "5.0 h of measured run time, 2.5 h 2 at a time" in line

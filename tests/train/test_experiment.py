@@ -220,27 +220,6 @@ def test_paired_p_value_matches_the_closed_form_and_refuses_degenerate_input():
     assert math.isnan(paired_p_value([-0.01, -0.01]))  # no spread: the t statistic is undefined
 
 
-def test_target_table_checks_the_reduction_and_the_spread_of_ot():
-    from otalign.train.report import target_table
-
-    def runs(system, aligner, cers):
-        return [{"system": system, "seed": k, "aligner": aligner, "test": {"t": {"cer": c, "wer": 0.5}}}
-                for k, c in enumerate(cers)]
-
-    systems = {"ctc": runs("ctc", "none", [0.30, 0.30, 0.30]),
-               "ot": runs("ot", "ot", [0.29, 0.28, 0.27]),          # seed std 1 point
-               "uot_a": runs("uot_a", "uot", [0.26, 0.25, 0.24]),   # -3 points against ot on every seed
-               "uot_b": runs("uot_b", "uot", [0.29, 0.28, 0.28])}
-    row = target_table(systems, ["ctc", "ot", "uot_a", "uot_b"])[-1]
-    assert row == "| t | uot_a | 25.0 ± 1.0 | -16.7% | yes | -3.00 (3 seeds) | 1.00 | yes |"
-    systems["uot_a"] = runs("uot_a", "uot", [0.285, 0.275, 0.265])   # -0.5 points: inside ot's spread
-    row = target_table(systems, ["ctc", "ot", "uot_a", "uot_b"])[-1]
-    assert row == "| t | uot_a | 27.5 ± 1.0 | -8.3% | no | -0.50 (3 seeds) | 1.00 | no |"
-    systems["ot"] = systems["ot"][:1]
-    assert target_table(systems, ["ctc", "ot", "uot_a"])[-1].endswith("| – | – | not measurable (fewer than 2 ot seeds) |")
-    assert target_table({"ctc": systems["ctc"]}, ["ctc"]) == []
-
-
 def test_cost_line_projects_the_grid_from_the_median_finished_run():
     from otalign.train.budget import cost_line
 

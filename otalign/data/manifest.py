@@ -5,6 +5,7 @@ Each line is a JSON object close to NeMo's (``audio_filepath``, ``duration``, ``
 
     {"id": "syn-000001", "audio_filepath": "wav/syn-000001.wav", "duration": 3.21,
      "text": "hello world", "speaker": "en-us+m3", "sample_rate": 16000,
+     "alignment": {"word": [{"symbol": "hello", "start": 0.52, "duration": 0.39}, ...]},
      "words": [{"word": "hello", "start": 0.52, "end": 0.91}, ...],
      "nonspeech": [{"kind": "silence", "start": 0.0, "end": 0.52}],
      "noise": {"kind": "pink", "snr_db": 15.0}}
@@ -14,8 +15,12 @@ Optional: ``speaker`` (default ``""``), ``sample_rate`` (of the audio file, defa
 ``downmix`` (``true``: the audio file has several channels and is read as their mean, as
 ``otalign prepare --allow-multichannel`` accepted it; without it a multichannel file is refused),
 ``offset`` (seconds into the audio file where the utterance starts, as in NeMo; used for Kaldi
-``segments``), ``words`` (ground-truth word spans in seconds, relative to the utterance start),
-``nonspeech`` (annotated silence/noise-only segments with no words) and ``noise`` (background noise
+``segments``), ``alignment.word`` (ground-truth word spans in seconds, relative to the utterance
+start, as Lhotse's ``SupervisionSegment.alignment["word"]``: ``AlignmentItem`` s as dicts
+``{"symbol", "start", "duration"}`` or as Lhotse >= 1.8's lists ``[symbol, start, duration]``;
+other tiers such as ``"phone"`` are kept as they are), the legacy ``words``
+(``{"word", "start", "end"}``: still read, and still written beside ``alignment`` for one version,
+see ``WRITE_LEGACY_WORDS``; either key gives ``Utterance.words``), ``nonspeech`` (annotated silence/noise-only segments with no words) and ``noise`` (background noise
 over the whole utterance). Any other key is kept in ``Utterance.extra`` and written back unchanged.
 
 Relative ``audio_filepath`` values resolve against the manifest's folder. ``read_manifest`` returns
@@ -52,6 +57,11 @@ __all__ = [
 NONSPEECH_KINDS = ("silence", "noise")
 # Words may run a little past the end of the audio through rounding of sample positions.
 _TIME_TOLERANCE_S = 0.02
+# Word spans given both as alignment.word and as legacy words must agree to this (seconds).
+_AGREEMENT_S = 1e-6
+# The writer also writes the legacy "words" key beside "alignment" for one version: code that reads
+# Utterance.to_dict()["words"] (otalign.align.synthetic/sweep) and older otalign readers keep working.
+WRITE_LEGACY_WORDS = True
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'"})
 # CJK ideographs are kept (one token per character, spaces around them dropped) so that AISHELL
@@ -114,7 +124,17 @@ class WordSpan:
     end: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The legacy ``words`` item: ``{"word", "start", "end"}``."""
         return {"word": self.word, "start": round(self.start, 4), "end": round(self.end, 4)}
+
+    def to_alignment_item(self) -> dict[str, Any]:
+        """Lhotse's ``AlignmentItem`` as a dict, keys in its field order: ``{"symbol", "start", "duration"}``.
+
+        The duration is taken between the rounded times, so that the reader's
+        ``end = round(start + duration, 8)`` gives back exactly the rounded end.
+        """
+        start, end = round(self.start, 4), round(self.end, 4)
+        return {"symbol": self.word, "start": start, "duration": round(end - start, 4)}
 
 
 @dataclass
@@ -183,13 +203,19 @@ class Utterance:
             out["offset"] = round(self.offset, 4)
         if self.downmix:
             out["downmix"] = True
+        extra = dict(self.extra)
+        alignment = dict(extra.pop("alignment", None) or {})  # tiers other than "word" read from a manifest
         if self.words is not None:
+            alignment["word"] = [w.to_alignment_item() for w in self.words]
+        if alignment:
+            out["alignment"] = alignment
+        if self.words is not None and WRITE_LEGACY_WORDS:
             out["words"] = [w.to_dict() for w in self.words]
         if self.nonspeech is not None:
             out["nonspeech"] = [s.to_dict() for s in self.nonspeech]
         if self.noise is not None:
             out["noise"] = self.noise.to_dict()
-        out.update(self.extra)
+        out.update(extra)
         return out
 
     @classmethod
@@ -227,15 +253,10 @@ class Utterance:
             raise ManifestEntryError(f"utterance {utt_id!r}: 'offset' must be >= 0")
         limit = float(duration) + _TIME_TOLERANCE_S
 
-        words = None
-        if record.get("words") is not None:
-            words = []
+        words = _parse_alignment(record, utt_id)
+        if words is not None:
             previous_start = -1.0
-            for w in record["words"]:
-                try:
-                    span = WordSpan(str(w["word"]), float(w["start"]), float(w["end"]))
-                except (KeyError, TypeError, ValueError) as err:
-                    raise ManifestEntryError(f"utterance {utt_id!r}: malformed word span {w!r}") from err
+            for span in words:
                 if not (0.0 <= span.start <= span.end <= limit):
                     raise ManifestEntryError(
                         f"utterance {utt_id!r}: word span {span.word!r} [{span.start}, {span.end}] "
@@ -244,7 +265,6 @@ class Utterance:
                 if span.start < previous_start:
                     raise ManifestEntryError(f"utterance {utt_id!r}: word spans are not sorted by start")
                 previous_start = span.start
-                words.append(span)
         nonspeech = None
         if record.get("nonspeech") is not None:
             nonspeech = []
@@ -267,7 +287,11 @@ class Utterance:
             except (KeyError, TypeError, ValueError) as err:
                 raise ManifestEntryError(f"utterance {utt_id!r}: malformed noise {record['noise']!r}") from err
         known = {"id", "key", "audio_filepath", "duration", "text", "speaker", "sample_rate", "offset",
-                 "words", "nonspeech", "noise", "downmix"}
+                 "words", "alignment", "nonspeech", "noise", "downmix"}
+        extra = {k: v for k, v in record.items() if k not in known}
+        other_alignments = {k: v for k, v in (record.get("alignment") or {}).items() if k != "word"}
+        if other_alignments:  # e.g. Lhotse's "phone" tier: kept, and written back beside "word"
+            extra["alignment"] = other_alignments
         return cls(
             id=utt_id,
             audio_filepath=path,
@@ -280,8 +304,66 @@ class Utterance:
             nonspeech=nonspeech,
             noise=noise,
             downmix=downmix,
-            extra={k: v for k, v in record.items() if k not in known},
+            extra=extra,
         )
+
+
+def _parse_alignment(record: dict[str, Any], utt_id: str) -> list[WordSpan] | None:
+    """The word spans of a record: Lhotse's ``alignment.word`` and/or the legacy ``words``.
+
+    ``alignment.word`` items are Lhotse ``AlignmentItem`` s, as dicts (``{"symbol", "start",
+    "duration"[, "score"]}``, what otalign writes) or as lists (``[symbol, start, duration(, score)]``,
+    what Lhotse >= 1.8 writes); ``end = round(start + duration, 8)`` as in Lhotse, and a score is
+    not kept. When both keys are present they must agree.
+    """
+    from_alignment = None
+    alignment = record.get("alignment")
+    if alignment is not None:
+        if not isinstance(alignment, dict):
+            raise ManifestEntryError(f"utterance {utt_id!r}: 'alignment' must be an object of tiers "
+                                     f"({{\"word\": [...]}}), got {alignment!r}")
+        items = alignment.get("word")
+        if items is not None:
+            if not isinstance(items, list):
+                raise ManifestEntryError(f"utterance {utt_id!r}: 'alignment.word' must be a list, got {items!r}")
+            from_alignment = [_alignment_item(item, utt_id) for item in items]
+    from_words = None
+    if record.get("words") is not None:
+        from_words = []
+        for w in record["words"]:
+            try:
+                from_words.append(WordSpan(str(w["word"]), float(w["start"]), float(w["end"])))
+            except (KeyError, TypeError, ValueError) as err:
+                raise ManifestEntryError(f"utterance {utt_id!r}: malformed word span {w!r}") from err
+    if from_alignment is not None and from_words is not None:
+        agree = len(from_alignment) == len(from_words) and all(
+            a.word == b.word and abs(a.start - b.start) <= _AGREEMENT_S and abs(a.end - b.end) <= _AGREEMENT_S
+            for a, b in zip(from_alignment, from_words))
+        if not agree:
+            raise ManifestEntryError(f"utterance {utt_id!r}: 'alignment.word' and the legacy 'words' disagree; "
+                                     "keep one of them")
+    return from_alignment if from_alignment is not None else from_words
+
+
+def _alignment_item(item: Any, utt_id: str) -> WordSpan:
+    if isinstance(item, dict):
+        fields = (item.get("symbol"), item.get("start"), item.get("duration"))
+        ok = set(item) <= {"symbol", "start", "duration", "score"}
+    else:
+        fields = tuple(item)[:3] if isinstance(item, (list, tuple)) and len(item) in (3, 4) else (None, None, None)
+        ok = True
+    symbol, start, duration = fields
+    try:
+        if not isinstance(symbol, str) or isinstance(start, bool) or isinstance(duration, bool) or not ok:
+            raise TypeError(symbol)
+        start, duration = float(start), float(duration)
+    except (TypeError, ValueError) as err:
+        raise ManifestEntryError(f"utterance {utt_id!r}: malformed alignment.word item {item!r} (expected "
+                                 "{\"symbol\": str, \"start\": s, \"duration\": s} or [symbol, start, duration])"
+                                 ) from err
+    if not duration >= 0:
+        raise ManifestEntryError(f"utterance {utt_id!r}: alignment.word item {item!r} has a negative duration")
+    return WordSpan(symbol, start, round(start + duration, 8))
 
 
 class SkipCounter:

@@ -106,3 +106,69 @@ def test_write_manifest_rejects_duplicate_ids(tmp_path):
     with pytest.raises(ValueError, match="duplicate id 'a'"):
         write_manifest(tmp_path / "m.jsonl", [utt, utt])
     assert not (tmp_path / "m.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# word alignments: Lhotse's alignment.word, and the legacy words
+
+_BASE = {"id": "u", "audio_filepath": "a.wav", "duration": 2.0, "text": "hi there"}
+_SPANS = [WordSpan("hi", 0.1, 0.4), WordSpan("there", 0.5, 1.0)]
+
+
+def test_the_writer_emits_lhotse_alignment_and_the_legacy_words_and_reads_them_back(tmp_path):
+    utt = Utterance(id="u", audio_filepath=str(tmp_path / "a.wav"), duration=2.0, text="hi there",
+                    words=[WordSpan("hi", 0.1, 0.4), WordSpan("there", 0.5, 1.0), WordSpan("x", 1.00004, 1.3333333)])
+    write_manifest(tmp_path / "m.jsonl", [utt])
+    line = json.loads((tmp_path / "m.jsonl").read_text())
+    assert line["alignment"] == {"word": [{"symbol": "hi", "start": 0.1, "duration": 0.3},
+                                          {"symbol": "there", "start": 0.5, "duration": 0.5},
+                                          {"symbol": "x", "start": 1.0, "duration": 0.3333}]}
+    assert list(line["alignment"]["word"][0]) == ["symbol", "start", "duration"]  # Lhotse's field order
+    assert line["words"][2] == {"word": "x", "start": 1.0, "end": 1.3333}
+    back = read_manifest(tmp_path / "m.jsonl").utterances[0]
+    # exactly the rounded times the legacy key held, not 1.0 + 0.3333 in floating point
+    assert [(w.word, w.start, w.end) for w in back.words] == [("hi", 0.1, 0.4), ("there", 0.5, 1.0), ("x", 1.0, 1.3333)]
+    assert "alignment" not in back.extra and "words" not in back.extra
+
+
+def test_an_old_format_line_reads_as_before(tmp_path):
+    _write_lines(tmp_path / "m.jsonl", [{**_BASE, "words": [w.to_dict() for w in _SPANS]}])
+    utt = read_manifest(tmp_path / "m.jsonl")[0]
+    assert utt.words == _SPANS and isinstance(utt.words[0], WordSpan) and utt.extra == {}
+
+
+def test_a_lhotse_line_reads_in_dict_and_list_form_and_keeps_other_tiers(tmp_path):
+    phones = [["HH", 0.1, 0.05], ["AY", 0.15, 0.25]]
+    _write_lines(tmp_path / "m.jsonl", [
+        {**_BASE, "alignment": {"word": [{"symbol": "hi", "start": 0.1, "duration": 0.3},
+                                         {"symbol": "there", "start": 0.5, "duration": 0.5, "score": 0.9}]}},
+        {**_BASE, "id": "v", "alignment": {"word": [["hi", 0.1, 0.3], ["there", 0.5, 0.5, 0.9]], "phone": phones}}])
+    u, v = read_manifest(tmp_path / "m.jsonl")
+    assert u.words == _SPANS and v.words == _SPANS
+    assert v.extra == {"alignment": {"phone": phones}}
+    again = v.to_dict()
+    assert again["alignment"] == {"phone": phones, "word": [w.to_alignment_item() for w in _SPANS]}
+
+
+def test_a_malformed_alignment_is_a_clear_error_naming_the_line(tmp_path):
+    good = {**_BASE, "id": "ok"}
+    for alignment, message in (([["hi", 0.1, 0.3]], "'alignment' must be an object"),
+                               ({"word": {"hi": 0.1}}, "'alignment.word' must be a list"),
+                               ({"word": [{"symbol": "hi", "start": 0.1}]}, "malformed alignment.word item"),
+                               ({"word": [{"word": "hi", "start": 0.1, "end": 0.4}]}, "malformed alignment.word item"),
+                               ({"word": [["hi", "soon", 0.3]]}, "malformed alignment.word item"),
+                               ({"word": [["hi", 0.1, -0.3]]}, "negative duration"),
+                               ({"word": [["hi", 0.1, 5.0]]}, r"word span 'hi' \[0.1, 5.1\] is not inside")):
+        _write_lines(tmp_path / "m.jsonl", [good, {**_BASE, "alignment": alignment}])
+        with pytest.raises(SkippedEntry, match=r"m.jsonl: line 2 \(utterance 'u'\): .*" + message):
+            read_manifest(tmp_path / "m.jsonl", strict=True)
+        result = read_manifest(tmp_path / "m.jsonl", verbose=False)
+        assert [x.id for x in result] == ["ok"] and result.skip_counts == {"invalid entry": 1}
+
+
+def test_alignment_and_legacy_words_that_disagree_are_refused(tmp_path):
+    _write_lines(tmp_path / "m.jsonl", [{**_BASE, "alignment": {"word": [["hi", 0.1, 0.3], ["there", 0.5, 0.5]]},
+                                         "words": [{"word": "hi", "start": 0.1, "end": 0.4},
+                                                   {"word": "there", "start": 0.6, "end": 1.0}]}])
+    with pytest.raises(SkippedEntry, match="line 1 .*'alignment.word' and the legacy 'words' disagree"):
+        read_manifest(tmp_path / "m.jsonl", strict=True)

@@ -39,7 +39,9 @@ encoder to make the alignment itself sharper.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -54,12 +56,131 @@ __all__ = [
     "CIFAligner",
     "ALIGNER_NAMES",
     "OT_ALIGNER_NAMES",
+    "ALIGNERS",
+    "AlignerSpec",
+    "AlignerConfig",
     "build_aligner",
     "pool_with_plan",
 ]
 
-ALIGNER_NAMES = ("none", "ot", "tot", "uot", "partial", "attention", "cif")
-OT_ALIGNER_NAMES = ("ot", "tot", "uot", "partial")
+@dataclass(frozen=True)
+class AlignerSpec:
+    """One entry of the registry: ``family`` says which class implements it; ``knob`` is the option
+    a sweep varies and a report prints beside the name (None: the aligner has none)."""
+
+    family: str
+    knob: str | None
+    summary: str
+
+
+# The one list of aligners: names, families and knobs. Config validation, build_aligner, sweeps
+# and plots all read it.
+ALIGNERS: dict[str, AlignerSpec] = {
+    "none": AlignerSpec("none", None, "no transfer (plain CTC)"),
+    "ot": AlignerSpec("ot", None, "balanced entropic OT (OT-CAKT)"),
+    "tot": AlignerSpec("ot", "order_weight", "balanced OT + temporal-order prior (TOT-CAKT)"),
+    "uot": AlignerSpec("ot", "rho_frames", "semi-relaxed UOT: tokens hard, frames KL-relaxed (the paper)"),
+    "partial": AlignerSpec("ot", "partial_mass", "partial OT moving total mass m"),
+    "attention": AlignerSpec("attention", None, "positional queries cross-attending to the frames"),
+    "cif": AlignerSpec("cif", None, "continuous integrate-and-fire with a quantity loss"),
+}
+ALIGNER_NAMES = tuple(ALIGNERS)
+OT_ALIGNER_NAMES = tuple(name for name, spec in ALIGNERS.items() if spec.family == "ot")
+GRAD_MODES = ("implicit", "unrolled", "last_step")
+
+
+@dataclass(frozen=True)
+class AlignerConfig:
+    """Every option of every aligner, with its one default; ``name`` picks the aligner.
+
+    OT aligners read ``eps, n_iter, tol, grad, detach_plan, min_token_mass`` and their knob
+    (``rho_frames`` for uot, ``partial_mass`` for partial, ``order_weight`` for tot);
+    ``attention`` reads ``num_heads, queries, max_tokens, dropout``; ``cif`` reads
+    ``kernel_size, scale, min_token_mass``. The others are ignored, so one config can hold them
+    all. A training recipe sets them in the ``transfer`` section (``otalign.train.config``).
+    """
+
+    name: str = "uot"
+    eps: float = 0.1
+    n_iter: int = 50
+    tol: float | None = None
+    grad: str = "implicit"
+    rho_frames: float = 1.0
+    partial_mass: float = 0.7
+    order_weight: float = 1.0
+    detach_plan: bool = False
+    min_token_mass: float = 1e-8
+    num_heads: int = 4
+    queries: str = "learned"
+    max_tokens: int = 512
+    dropout: float = 0.0
+    kernel_size: int = 3
+    scale: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.name not in ALIGNERS:
+            raise ValueError(f"aligner must be one of {ALIGNER_NAMES}, got {self.name!r}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.n_iter < 1:
+            raise ValueError(f"n_iter must be >= 1, got {self.n_iter}")
+        if self.tol is not None and not self.tol > 0:
+            raise ValueError(f"tol must be > 0 or None, got {self.tol}")
+        if self.grad not in GRAD_MODES:
+            raise ValueError(f"grad must be 'implicit', 'unrolled' or 'last_step', got {self.grad!r}")
+        if self.name == "uot" and not self.rho_frames > 0:
+            raise ValueError(f"rho_frames must be > 0 (inf = balanced), got {self.rho_frames}")
+        if self.name == "partial" and not 0 < self.partial_mass <= 1:
+            raise ValueError(f"partial_mass must be in (0, 1], got {self.partial_mass}")
+        if self.name == "tot" and not self.order_weight >= 0:
+            raise ValueError(f"order_weight must be >= 0, got {self.order_weight}")
+        if self.queries not in ("learned", "sinusoidal"):
+            raise ValueError(f"queries must be 'learned' or 'sinusoidal', got {self.queries!r}")
+        if self.scale not in ("train", "always", "never"):
+            raise ValueError(f"scale must be 'train', 'always' or 'never', got {self.scale!r}")
+        if self.num_heads < 1 or self.max_tokens < 1 or self.kernel_size < 1:
+            raise ValueError("num_heads, max_tokens and kernel_size must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.detach_plan and self.family != "ot":
+            raise ValueError(f"detach_plan applies to the OT aligners {OT_ALIGNER_NAMES}, not to {self.name!r}")
+
+    @property
+    def family(self) -> str:
+        return ALIGNERS[self.name].family
+
+    @property
+    def knob(self) -> tuple[str, float] | None:
+        """``(option, value)`` of the aligner's knob, e.g. ``("rho_frames", 0.3)``; None without one."""
+        key = ALIGNERS[self.name].knob
+        return None if key is None else (key, getattr(self, key))
+
+    def solver_options(self) -> dict:
+        """Keyword arguments of ``otalign.ot.solve`` (besides cost and masks): the one place an
+        OT aligner's name and knob become solver options."""
+        if self.family != "ot":
+            raise ValueError(f"aligner {self.name!r} does not use the OT solver")
+        options = dict(eps=self.eps, max_iter=self.n_iter, tol=self.tol, grad=self.grad)
+        if self.name == "uot":
+            options.update(rho_rows=self.rho_frames, rho_cols=math.inf)
+        elif self.name == "partial":
+            options.update(partial_mass=self.partial_mass)
+        elif self.name == "tot":
+            options.update(order_weight=self.order_weight)
+        return options
+
+    def build(self, dim: int | None = None, query_init: Tensor | None = None) -> "Aligner":
+        """The aligner module; ``dim`` (the PLM width) is needed by ``attention`` and ``cif``."""
+        if self.family == "none":
+            return NoAligner()
+        if self.family == "ot":
+            return OTAligner(config=self)
+        if dim is None:
+            raise ValueError(f"aligner {self.name!r} has parameters: pass dim (the PLM width)")
+        if self.family == "attention":
+            return AttentionAligner(dim, num_heads=self.num_heads, queries=self.queries, max_tokens=self.max_tokens,
+                                    query_init=query_init, dropout=self.dropout)
+        return CIFAligner(dim, kernel_size=self.kernel_size, scale=self.scale, min_token_mass=self.min_token_mass)
 
 
 class AlignOutput(NamedTuple):
@@ -148,38 +269,34 @@ class OTAligner(Aligner):
     def __init__(
         self,
         kind: str = "uot",
-        eps: float = 0.1,
-        n_iter: int = 100,
-        rho_frames: float = 1.0,
-        partial_mass: float = 0.7,
-        order_weight: float = 1.0,
-        grad: str = "implicit",
+        eps: float = AlignerConfig.eps,
+        n_iter: int = AlignerConfig.n_iter,
+        rho_frames: float = AlignerConfig.rho_frames,
+        partial_mass: float = AlignerConfig.partial_mass,
+        order_weight: float = AlignerConfig.order_weight,
+        grad: str = AlignerConfig.grad,
         detach_plan: bool = False,
         tol: float | None = None,
-        min_token_mass: float = 1e-8,
+        min_token_mass: float = AlignerConfig.min_token_mass,
+        config: AlignerConfig | None = None,
     ) -> None:
         super().__init__()
-        if kind not in OT_ALIGNER_NAMES:
-            raise ValueError(f"kind must be one of {OT_ALIGNER_NAMES}, got {kind!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if n_iter < 1:
-            raise ValueError(f"n_iter must be >= 1, got {n_iter}")
-        if kind == "uot" and not rho_frames > 0:
-            raise ValueError(f"rho_frames must be > 0 (inf = balanced), got {rho_frames}")
-        if kind == "partial" and not 0 < partial_mass <= 1:
-            raise ValueError(f"partial_mass must be in (0, 1], got {partial_mass}")
-        if kind == "tot" and not order_weight >= 0:
-            raise ValueError(f"order_weight must be >= 0, got {order_weight}")
-        if grad not in ("implicit", "unrolled", "last_step"):
-            raise ValueError(f"grad must be 'implicit', 'unrolled' or 'last_step', got {grad!r}")
-        self.kind, self.name = kind, kind
-        self.eps, self.n_iter, self.grad, self.tol = float(eps), int(n_iter), grad, tol
-        self.rho_frames = float(rho_frames)
-        self.partial_mass = float(partial_mass)
-        self.order_weight = float(order_weight)
-        self.detach_plan = detach_plan
-        self.min_token_mass = min_token_mass
+        if config is None:
+            if kind not in OT_ALIGNER_NAMES:
+                raise ValueError(f"kind must be one of {OT_ALIGNER_NAMES}, got {kind!r}")
+            config = AlignerConfig(name=kind, eps=float(eps), n_iter=int(n_iter), rho_frames=float(rho_frames),
+                                   partial_mass=float(partial_mass), order_weight=float(order_weight), grad=grad,
+                                   detach_plan=detach_plan, tol=tol, min_token_mass=min_token_mass)
+        elif config.family != "ot":
+            raise ValueError(f"OTAligner needs an OT aligner config, got {config.name!r}")
+        self.config = config
+        self.kind = self.name = config.name
+        # eps is read per call: the trainer anneals it (transfer.eps_start)
+        self.eps = config.eps
+        self.n_iter, self.grad, self.tol = config.n_iter, config.grad, config.tol
+        self.rho_frames, self.partial_mass, self.order_weight = config.rho_frames, config.partial_mass, config.order_weight
+        self.detach_plan = config.detach_plan
+        self.min_token_mass = config.min_token_mass
 
     def extra_repr(self) -> str:
         extra = {"uot": f", rho_frames={self.rho_frames}", "partial": f", partial_mass={self.partial_mass}",
@@ -187,15 +304,8 @@ class OTAligner(Aligner):
         return f"kind={self.kind}, eps={self.eps}, n_iter={self.n_iter}, grad={self.grad}{extra}"
 
     def solver_options(self) -> dict:
-        """Keyword arguments of ``otalign.ot.solve`` for this aligner (besides cost and masks)."""
-        options = dict(eps=self.eps, max_iter=self.n_iter, tol=self.tol, grad=self.grad)
-        if self.kind == "uot":
-            options.update(rho_rows=self.rho_frames, rho_cols=math.inf)
-        elif self.kind == "partial":
-            options.update(partial_mass=self.partial_mass)
-        elif self.kind == "tot":
-            options.update(order_weight=self.order_weight)
-        return options
+        """Keyword arguments of ``otalign.ot.solve`` for this aligner (``AlignerConfig.solver_options``)."""
+        return dataclasses.replace(self.config, eps=self.eps).solver_options()
 
     def transport_plan(self, enc_states: Tensor, enc_mask: Tensor, plm_states: Tensor, plm_mask: Tensor,
                        report: dict[str, float] | None = None) -> Tensor:
@@ -369,36 +479,20 @@ class CIFAligner(Aligner):
         return AlignOutput(aligned, plan, {"quantity": quantity})
 
 
-_OT_KEYS = ("eps", "n_iter", "rho_frames", "partial_mass", "order_weight", "grad", "detach_plan", "tol",
-            "min_token_mass")
-_ATTENTION_KEYS = ("num_heads", "queries", "max_tokens", "query_init", "dropout")
-_CIF_KEYS = ("kernel_size", "scale", "min_token_mass")
-
-
-def build_aligner(name: str, dim: int | None = None, **options) -> Aligner:
-    """Build an aligner by name (see the module docstring).
+def build_aligner(name: str, dim: int | None = None, query_init: Tensor | None = None, **options) -> Aligner:
+    """Build an aligner by name: ``AlignerConfig(name, **options).build(dim)`` (POT-style plain call).
 
     Args:
         name: one of :data:`ALIGNER_NAMES`.
         dim: the state width D (the PLM width); required by ``attention`` and ``cif``, which
             have parameters.
-        **options: the aligner's own options: ``eps, n_iter, rho_frames, partial_mass,
-            order_weight, grad, detach_plan, tol`` for OT aligners; ``num_heads, queries,
-            max_tokens, query_init, dropout`` for ``attention``; ``kernel_size, scale`` for ``cif``.
-            Options that belong to another aligner are ignored, so one config section can hold them
-            all; an option no aligner knows raises ``ValueError``.
+        query_init: ``attention`` only, a (max_tokens, D) table to initialise the learned queries.
+        **options: fields of :class:`AlignerConfig`; options that belong to another aligner are
+            ignored, so one config section can hold them all; an option no aligner knows raises
+            ``ValueError``.
     """
-    if name not in ALIGNER_NAMES:
-        raise ValueError(f"aligner must be one of {ALIGNER_NAMES}, got {name!r}")
-    unknown = set(options) - set(_OT_KEYS + _ATTENTION_KEYS + _CIF_KEYS)
+    known = {f.name for f in dataclasses.fields(AlignerConfig)} - {"name"}
+    unknown = set(options) - known
     if unknown:
         raise ValueError(f"unknown aligner option(s) {sorted(unknown)} for {name!r}")
-    if name == "none":
-        return NoAligner()
-    if name in OT_ALIGNER_NAMES:
-        return OTAligner(kind=name, **{k: v for k, v in options.items() if k in _OT_KEYS})
-    if dim is None:
-        raise ValueError(f"aligner {name!r} has parameters: pass dim (the PLM width)")
-    if name == "attention":
-        return AttentionAligner(dim, **{k: v for k, v in options.items() if k in _ATTENTION_KEYS})
-    return CIFAligner(dim, **{k: v for k, v in options.items() if k in _CIF_KEYS})
+    return AlignerConfig(name=name, **options).build(dim, query_init)

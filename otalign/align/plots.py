@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from otalign.align.aligners import ALIGNERS  # noqa: E402
 
 __all__ = ["plot_plan", "plot_aligner_panels", "plot_pr_curves", "pr_figure"]
 
@@ -140,7 +141,7 @@ def pr_figure(rows: Sequence[Mapping]):
                 sel = [r for r in rows if r["aligner"] == aligner and r["eps"] == eps]
                 if not sel:
                     continue
-                key = {"uot": "rho_frames", "partial": "partial_mass", "tot": "order_weight"}.get(aligner)
+                key = ALIGNERS[aligner].knob
                 if key:
                     sel = sorted(sel, key=lambda r: r[key])
                 style = "-" if aligner == "uot" else (":" if aligner == "partial" else "none")

@@ -35,7 +35,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from otalign.align.aligners import OT_ALIGNER_NAMES, build_aligner
+from otalign.align.aligners import ALIGNERS, OT_ALIGNER_NAMES, AlignerConfig
 from otalign.align.metrics import aggregate_metrics, utterance_metrics
 from otalign.align.synthetic import AlignmentExample, collate_examples
 
@@ -83,31 +83,24 @@ def sweep_configs(aligners: Sequence[str], rhos: Sequence[float], epsilons: Sequ
             raise ValueError(f"sweeps run training-free aligners {OT_ALIGNER_NAMES}; got {name!r}")
     if not epsilons:
         raise ValueError("epsilons is empty")
+    values = {"rho_frames": rhos, "partial_mass": partial_masses, "order_weight": order_weights}
     for eps in epsilons:
         for name in aligners:
             base = dict(aligner=name, eps=float(eps), rho_frames=math.inf, partial_mass=math.nan, order_weight=0.0)
-            if name == "ot":
+            knob = ALIGNERS[name].knob
+            if knob is None:
                 configs.append(base)
-            elif name == "tot":
-                configs += [{**base, "order_weight": float(w)} for w in order_weights]
-            elif name == "uot":
-                if not rhos:
-                    raise ValueError("rhos is empty but uot is in aligners")
-                configs += [{**base, "rho_frames": float(r)} for r in rhos]
-            else:
-                configs += [{**base, "partial_mass": float(m)} for m in partial_masses]
+                continue
+            if not values[knob]:
+                raise ValueError(f"the {knob} values are empty but {name} is in aligners")
+            configs += [{**base, knob: float(v)} for v in values[knob]]
     return configs
 
 
 def _aligner_for(config: Mapping, n_iter: int):
-    options = dict(eps=config["eps"], n_iter=n_iter)
-    if config["aligner"] == "uot":
-        options["rho_frames"] = config["rho_frames"]
-    elif config["aligner"] == "partial":
-        options["partial_mass"] = config["partial_mass"]
-    elif config["aligner"] == "tot":
-        options["order_weight"] = config["order_weight"]
-    return build_aligner(config["aligner"], **options)
+    knob = ALIGNERS[config["aligner"]].knob
+    return AlignerConfig(name=config["aligner"], eps=config["eps"], n_iter=n_iter,
+                         **({knob: config[knob]} if knob else {})).build()
 
 
 def align_examples(examples: Sequence[AlignmentExample], config: Mapping, n_iter: int = 200,

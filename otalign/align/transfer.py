@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from otalign.align.aligners import ALIGNER_NAMES, AlignOutput, build_aligner
+from otalign.align.aligners import ALIGNER_NAMES, AlignerConfig, AlignOutput, build_aligner
 
 __all__ = ["KnowledgeTransfer", "TransferOutput", "token_cosine_loss"]
 
@@ -86,7 +86,8 @@ class KnowledgeTransfer(nn.Module):
     """Adapter + aligner + transfer loss.
 
     Args:
-        aligner_name: one of ``none, ot, tot, uot, partial, attention, cif``.
+        aligner_name: one of ``none, ot, tot, uot, partial, attention, cif``, or an
+            :class:`~otalign.align.aligners.AlignerConfig` holding the name and every option.
         enc_dim: width of the acoustic encoder states.
         plm_dim: width of the PLM states (the adapter's output width).
         loss: ``cosine`` (default), ``mse`` or ``infonce`` (:func:`token_infonce_loss`).
@@ -100,7 +101,7 @@ class KnowledgeTransfer(nn.Module):
 
     def __init__(
         self,
-        aligner_name: str,
+        aligner_name: str | AlignerConfig,
         enc_dim: int,
         plm_dim: int,
         loss: str = "cosine",
@@ -111,8 +112,14 @@ class KnowledgeTransfer(nn.Module):
         **aligner_options,
     ) -> None:
         super().__init__()
-        if aligner_name not in ALIGNER_NAMES:
+        if isinstance(aligner_name, AlignerConfig):
+            if aligner_options:
+                raise ValueError("give the aligner's options in its AlignerConfig, not as keywords too")
+            aligner_config, aligner_name = aligner_name, aligner_name.name
+        elif aligner_name not in ALIGNER_NAMES:
             raise ValueError(f"aligner_name must be one of {ALIGNER_NAMES}, got {aligner_name!r}")
+        else:
+            aligner_config = None
         if loss not in ("cosine", "mse", "infonce"):
             raise ValueError(f"loss must be 'cosine', 'mse' or 'infonce', got {loss!r}")
         if not temperature > 0:
@@ -120,7 +127,8 @@ class KnowledgeTransfer(nn.Module):
         self.aligner_name, self.loss, self.plm_dim = aligner_name, loss, plm_dim
         self.temperature = float(temperature)
         self.aux_weights = {"quantity": 1.0, **(aux_weights or {})}
-        self.aligner = build_aligner(aligner_name, dim=plm_dim, **aligner_options)
+        self.aligner = (aligner_config.build(plm_dim) if aligner_config is not None
+                        else build_aligner(aligner_name, dim=plm_dim, **aligner_options))
         if aligner_name == "none":
             self.adapter = None
         else:

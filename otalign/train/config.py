@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from otalign.align.aligners import ALIGNER_NAMES, AlignerConfig
+
 
 @dataclass
 class DataConfig:
@@ -120,6 +122,12 @@ class TransferConfig:
     """Strength of the temporal-order cost term for 'tot'."""
     n_iter: int = 50
     """Sinkhorn iterations per batch."""
+    aligner_options: dict[str, Any] = field(default_factory=dict)
+    """Every other option of ``otalign.align.aligners.AlignerConfig``: the solver's ``tol`` and
+    ``min_token_mass``; attention's ``num_heads``, ``queries``, ``max_tokens``, ``dropout``; CIF's
+    ``kernel_size`` and ``scale``, e.g. ``{num_heads: 8}``."""
+    adapter_dropout: float = 0.1
+    """Dropout inside the adapter from encoder to PLM width."""
     layer: int | None = None
     """Encoder layer (1-based) whose output the KT adapter reads; None = the encoder's output.
     With a Whisper front end it must be above ``model.freeze_layers`` (frozen layers learn nothing)."""
@@ -129,6 +137,15 @@ class TransferConfig:
     """Solver gradient mode (``otalign.ot.solve``): 'implicit' (exact at convergence, memory
     independent of n_iter; fwd+bwd 1.9x forward at 250x30, 30 iterations, about what 'last_step'
     costs: docs/benchmarks.md), 'unrolled', or 'last_step' (biased by 9-21% at eps 0.05)."""
+
+
+def aligner_config(transfer: TransferConfig) -> AlignerConfig:
+    """The transfer section's aligner as an ``AlignerConfig`` (the registry's one schema of aligner
+    options): its flat keys plus ``aligner_options``."""
+    t = transfer
+    return AlignerConfig(name=t.aligner, eps=t.eps, n_iter=t.n_iter, grad=t.grad, rho_frames=t.rho_frames,
+                         partial_mass=t.partial_mass, order_weight=t.order_weight, detach_plan=t.detach_plan,
+                         **t.aligner_options)
 
 
 @dataclass
@@ -368,6 +385,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "transfer.eps_start": (0, math.inf, False, False, False),
     "transfer.eps_anneal_epochs": (0, math.inf, False, False, False),
     "transfer.temperature": (0, math.inf, False, False, False),
+    "transfer.adapter_dropout": (0, 1, True, False, False),
     "transfer.rho_frames": (0, math.inf, False, True, True),
     "transfer.partial_mass": (0, 1, False, True, False),
     "transfer.order_weight": (0, math.inf, True, False, False),
@@ -489,9 +507,17 @@ def validate(config: TrainConfig) -> None:
             _coerce(spec, getattr(node, spec.name), key)  # a config built in Python gets the same type checks
     for key in _RANGES:
         _check_range(key, _get(config, key))
-    aligners = {"none", "ot", "tot", "uot", "partial", "attention", "cif"}
-    if config.transfer.aligner not in aligners:
-        raise ConfigError(f"config key transfer.aligner must be one of {sorted(aligners)}, got '{config.transfer.aligner}'")
+    if config.transfer.aligner not in ALIGNER_NAMES:
+        raise ConfigError(f"config key transfer.aligner must be one of {sorted(ALIGNER_NAMES)}, "
+                          f"got '{config.transfer.aligner}'")
+    own = {"name", "eps", "n_iter", "grad", "rho_frames", "partial_mass", "order_weight", "detach_plan"}
+    known = {f.name: f for f in dataclasses.fields(AlignerConfig) if f.name not in own}
+    for key, value in config.transfer.aligner_options.items():
+        if key not in known:
+            hint = f" (set it as transfer.{key})" if key in own else ""
+            raise ConfigError(f"unknown config key 'transfer.aligner_options.{key}'{hint} (known: {sorted(known)})")
+        # typed like every other key ('1e-4' is a string to YAML 1.1)
+        config.transfer.aligner_options[key] = _coerce(known[key], value, f"transfer.aligner_options.{key}")
     if config.transfer.detach_plan and config.transfer.aligner not in {"ot", "tot", "uot", "partial"}:
         raise ConfigError(f"config key transfer.detach_plan applies to the OT aligners (ot, tot, uot, partial), "
                           f"not to '{config.transfer.aligner}'")
@@ -499,6 +525,10 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"config key transfer.loss must be 'cosine', 'mse' or 'infonce', got '{config.transfer.loss}'")
     if config.transfer.grad not in {"implicit", "unrolled", "last_step"}:
         raise ConfigError(f"config key transfer.grad must be 'implicit', 'unrolled' or 'last_step', got '{config.transfer.grad}'")
+    try:
+        aligner_config(config.transfer)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config section 'transfer': {error}") from None
     if config.optim.schedule not in {"noam", "constant"}:
         raise ConfigError(f"config key optim.schedule must be 'noam' or 'constant', got '{config.optim.schedule}'")
     if config.model.units not in {"char", "sentencepiece"}:

@@ -40,7 +40,7 @@ from otalign.text.cache import TeacherCache, targets_from_config
 from otalign.text.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from otalign.train.checkpoint import (ExpDirError, average_checkpoints, clear_run, newest_readable_checkpoint,
                                       rank_checkpoints, run_artifacts, save_checkpoint)
-from otalign.train.config import (RESUME_NEUTRAL_KEYS, TrainConfig, config_differences, read_yaml, save_config,
+from otalign.train.config import (RESUME_NEUTRAL_KEYS, TrainConfig, aligner_config, config_differences, read_yaml, save_config,
                                   to_dict)
 from otalign.train.config import validate as validate_config
 
@@ -144,11 +144,9 @@ def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None)
     if t.aligner != "none":
         if plm_width is None:
             raise ValueError("a PLM width is needed for transfer.aligner != 'none'")
-        transfer = KnowledgeTransfer(t.aligner, asr.d_model, plm_width, loss=t.loss, eps=t.eps,
-                                     rho_frames=t.rho_frames, partial_mass=t.partial_mass,
-                                     order_weight=t.order_weight, n_iter=t.n_iter, grad=t.grad,
-                                     adapter_hidden=t.adapter_hidden, aux_weights={"quantity": t.quantity_weight},
-                                     temperature=t.temperature, **({"detach_plan": True} if t.detach_plan else {}))
+        transfer = KnowledgeTransfer(aligner_config(t), asr.d_model, plm_width, loss=t.loss,
+                                     adapter_hidden=t.adapter_hidden, adapter_dropout=t.adapter_dropout,
+                                     aux_weights={"quantity": t.quantity_weight}, temperature=t.temperature)
     return Trainable(asr, transfer, layer=t.layer, from_bottom=asr.freeze_layers > 0)
 
 

@@ -1,6 +1,8 @@
 """Aligners behind one interface: plans, masses, padding, CIF's closed form."""
 
 
+import math
+
 import pytest
 import torch
 
@@ -180,3 +182,35 @@ def test_cif_eval_mode_uses_raw_alphas():
 def test_every_aligner_name_builds():
     for name in ALIGNER_NAMES:
         assert build_aligner(name, dim=8).name == name
+
+
+def test_one_registry_names_the_aligners_their_knobs_and_solver_options():
+    from otalign.align.aligners import ALIGNERS, ALIGNER_NAMES, OT_ALIGNER_NAMES, AlignerConfig
+
+    assert ALIGNER_NAMES == tuple(ALIGNERS) and set(OT_ALIGNER_NAMES) == {"ot", "tot", "uot", "partial"}
+    assert AlignerConfig(name="uot", rho_frames=0.3).knob == ("rho_frames", 0.3)
+    assert AlignerConfig(name="ot").knob is None
+    options = {name: AlignerConfig(name=name, eps=0.05, n_iter=30).solver_options() for name in OT_ALIGNER_NAMES}
+    assert options["uot"] == dict(eps=0.05, max_iter=30, tol=None, grad="implicit", rho_rows=1.0, rho_cols=math.inf)
+    assert options["partial"]["partial_mass"] == 0.7 and options["tot"]["order_weight"] == 1.0
+    assert options["ot"] == dict(eps=0.05, max_iter=30, tol=None, grad="implicit")
+    with pytest.raises(ValueError, match="does not use the OT solver"):
+        AlignerConfig(name="cif").solver_options()
+    with pytest.raises(ValueError, match="detach_plan applies to the OT aligners"):
+        AlignerConfig(name="attention", detach_plan=True)
+
+
+def test_every_aligner_option_is_reachable_from_a_recipe():
+    from otalign.train.config import ConfigError, aligner_config, load_config
+
+    config = load_config(None, ["transfer.aligner=attention", "transfer.aligner_options={num_heads: 8, dropout: 0.2}"])
+    aligner = aligner_config(config.transfer).build(dim=64)
+    assert aligner.attn.num_heads == 8 and aligner.attn.dropout == 0.2
+    config = load_config(None, ["transfer.aligner=uot", "transfer.aligner_options={tol: 1e-4}", "transfer.n_iter=7"])
+    assert aligner_config(config.transfer).build().solver_options()["tol"] == 1e-4
+    with pytest.raises(ConfigError, match=r"transfer.aligner_options.heads"):
+        load_config(None, ["transfer.aligner_options={heads: 8}"])
+    with pytest.raises(ConfigError, match=r"set it as transfer.eps"):
+        load_config(None, ["transfer.aligner_options={eps: 0.2}"])
+    with pytest.raises(ConfigError, match=r"config section 'transfer': queries must be"):
+        load_config(None, ["transfer.aligner=attention", "transfer.aligner_options={queries: random}"])

@@ -1,8 +1,11 @@
 r"""Batched, masked, log-domain entropic optimal transport: balanced, (semi-)unbalanced, partial.
 
 The whole path of one iteration lives in this file: :func:`solve` validates and builds a
-:class:`TransportProblem`; :func:`_iterate` is the one loop, and the variant is a parameter
-(:class:`_UnbalancedSteps` or :class:`_PartialSteps`); :class:`_StabilisedKernel` is the only
+:class:`TransportProblem`, picks a gradient mode (``_run_plain``, ``_run_implicit``,
+``_run_unrolled``, ``_run_last_step``) and hands over to :func:`_result`; :func:`_iterate` is the
+one loop, and the variant is a parameter (:class:`_UnbalancedSteps` or :class:`_PartialSteps`);
+:class:`_StoppingRule` says when it stops and what ``converged`` means (one residual, one tol);
+:class:`_Numerics` says how it computes (the fast paths, set by solve's private arguments); :class:`_StabilisedKernel` is the only
 place where sums over cells are computed; :class:`_ImplicitSinkhorn` differentiates the converged
 map through the adjoint of the fixed point (the default), :class:`_UnrolledSinkhorn` is the
 reverse pass of the truncated unbalanced loop; :func:`_translate` removes the potentials' drift
@@ -38,7 +41,6 @@ beyond rounding (``tests/ot/test_fast_paths.py``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -60,17 +62,38 @@ Reference = Literal["product", "ones"]
 GradMode = Literal["implicit", "unrolled", "last_step"]
 
 # Kernel sums stay exact while potentials are within this many units (of eps) of the kernel's
-# anchor (see _StabilisedKernel). Tests lower it to force frequent re-anchoring.
+# anchor (see _StabilisedKernel); ``solve(_anchor_threshold=...)`` overrides it (tests lower it
+# to force frequent re-anchoring).
 _ANCHOR_THRESHOLD = {torch.float32: 10.0, torch.float64: 100.0}
-# Unrolled gradients of (semi-)unbalanced OT use _UnrolledSinkhorn's reverse pass; False falls
-# back to plain autograd through the loop (same numbers, ~3x slower backward; tests compare).
-_HAND_WRITTEN_REVERSE = True
-# CPU loops without autograd run their vector arithmetic in NumPy (see _NumpyVectors); tests
-# compare against False (torch throughout).
-_NUMPY_LOOP = True
-# Unpadded batches use one stabilised kernel for both mat-vecs when its bounds allow (see
-# _StabilisedKernel.share_row_kernel); tests compare against False (two kernels).
-_SHARE_KERNEL = True
+# The stopping rule's defaults (see solve: max_iter, min_iter, check_every, tol)
+_CHECK_EVERY = 10
+_MIN_ITER = 1
+# ``converged`` without an explicit tol: the L1 optimality residual in units of mass
+_DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-6}
+
+
+@dataclass(frozen=True)
+class _Numerics:
+    """How the loop computes, never what: every choice here gives the same numbers to rounding
+    (``tests/ot/test_fast_paths.py``, ``test_solver.py``). Set by solve's private arguments.
+
+    - ``anchor_threshold``: ``D``, the drift (in units of eps) a kernel's anchor tolerates.
+    - ``numpy_loop``: CPU loops that autograd does not record run their vector arithmetic in
+      NumPy (:class:`_NumpyVectors`); False: torch throughout.
+    - ``share_kernel``: unpadded batches use one stabilised kernel for both mat-vecs where its
+      bounds allow (:meth:`_StabilisedKernel.share_row_kernel`); False: two kernels.
+    - ``hand_written_reverse``: unrolled gradients of (semi-)unbalanced OT use
+      :class:`_UnrolledSinkhorn`'s reverse pass; False: plain autograd through the loop (same
+      numbers, ~3x slower backward).
+    - ``adjoint_from_kernels``: the implicit adjoint takes its softmaxes from the loop's kernels
+      where it can (:meth:`_StabilisedKernel.softmaxes`); False: always from the log-kernel.
+    """
+
+    anchor_threshold: float
+    numpy_loop: bool = True
+    share_kernel: bool = True
+    hand_written_reverse: bool = True
+    adjoint_from_kernels: bool = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,7 +181,8 @@ class TransportResult:
               and mass), not feasibility alone.
         n_iter: number of iterations run (a row update plus a column update, plus the mass step
             for partial OT, is one iteration).
-        converged: (B,) bool, ``error <= tol`` (with ``tol=None``: 1e-6 in fp64, 1e-5 in fp32;
+        converged: (B,) bool, ``error <= tol``, the residual and tolerance of the loop's early
+            stop (see ``solve``'s stopping rule; with ``tol=None``: 1e-6 in fp64, 1e-5 in fp32;
             at eps 0.05, rho 3 in fp64 that is True once every plan entry is within 1e-8 and
             never while the value is off by more than 1e-6, ``tests/ot/test_optimality.py``).
         problem: the validated batched problem (used by the derived properties).
@@ -256,18 +280,19 @@ class _StabilisedKernel:
     padded entries get finite junk potentials (masked by the caller), never -inf or NaN.
     """
 
-    def __init__(self, problem: TransportProblem, threshold: float, psi_hat: Tensor, phi_hat: Optional[Tensor] = None) -> None:
+    def __init__(self, problem: TransportProblem, numerics: _Numerics, psi_hat: Tensor, phi_hat: Optional[Tensor] = None) -> None:
         """Builds ``K`` at ``psi_hat``; ``H`` at ``phi_hat`` now, or later by ``anchor_row_potential``."""
-        self.threshold = threshold
+        self.threshold = threshold = numerics.anchor_threshold
+        self.numpy_loop = numerics.numpy_loop
         # the LSE helpers tolerate a larger drift before rebuilding: accuracy is kept up to
         # |drift| = 3 * threshold (fp32: lost terms < e^(60-87) relative)
         self.lse_limit = 3 * threshold
         self.n_rebuilds = 0
         # one kernel for both sums is possible only without padding (see share_row_kernel)
-        self.can_share = _SHARE_KERNEL and not (problem.padded_rows or problem.padded_cols)
+        self.can_share = numerics.share_kernel and not (problem.padded_rows or problem.padded_cols)
         self.shared = False
         self.col_kernel_exact = False  # H has no underflowed entry (a shared K; see share_row_kernel)
-        log_kernel_t = _transposed(problem.log_kernel)  # (B,N,T)
+        log_kernel_t = _transposed(problem.log_kernel, self.numpy_loop)  # (B,N,T)
         # -inf on the padding each kernel must ignore; the other side keeps finite placeholders
         self.log_k = torch.where(problem.col_mask[:, :, None], log_kernel_t, -math.inf) if problem.padded_cols else log_kernel_t
         self.log_h_t = torch.where(problem.row_mask[:, None, :], log_kernel_t, -math.inf) if problem.padded_rows else log_kernel_t
@@ -285,7 +310,7 @@ class _StabilisedKernel:
             shifted = self.log_k + self.psi_hat[:, :, None]  # (B,N,T), fresh: safe to modify in place
             self.row_shift = shifted.detach().amax(1)  # sigma (B,T); finite: every item has a valid column
             shifted.sub_(self.row_shift[:, None, :])
-        self.row_kernel = _exp_(shifted)
+        self.row_kernel = _exp_(shifted, self.numpy_loop)
         self.n_rebuilds += 1
         if self.shared:  # keep sharing: H^T follows K to its new anchor (else H stays the old K)
             self.share_row_kernel()
@@ -295,7 +320,7 @@ class _StabilisedKernel:
         self.phi_hat = phi_hat.detach()
         shifted = self.log_h_t + self.phi_hat[:, None, :]  # (B,N,T), fresh: safe to modify in place
         self.col_shift = shifted.detach().amax(-1)  # tau (B,N)
-        self.col_kernel_t = _exp_(shifted.sub_(self.col_shift[:, :, None]))
+        self.col_kernel_t = _exp_(shifted.sub_(self.col_shift[:, :, None]), self.numpy_loop)
         self.n_rebuilds += 1
         self.shared = self.col_kernel_exact = False
 
@@ -405,23 +430,24 @@ class _StabilisedKernel:
 # --------------------------------------------------------------------------------------------
 # The steps of each variant, and the one loop
 # --------------------------------------------------------------------------------------------
-def _untracked_cpu(x: Tensor) -> bool:
-    """``x`` may be handed to NumPy: a CPU tensor that autograd does not track."""
-    return _NUMPY_LOOP and np is not None and x.device.type == "cpu" and not x.requires_grad
+def _untracked_cpu(x: Tensor, numpy_loop: bool) -> bool:
+    """``x`` may be handed to NumPy: ``numpy_loop`` (:class:`_Numerics`) and a CPU tensor that
+    autograd does not track."""
+    return numpy_loop and np is not None and x.device.type == "cpu" and not x.requires_grad
 
 
-def _exp_(x: Tensor) -> Tensor:
+def _exp_(x: Tensor, numpy_loop: bool) -> Tensor:
     """``x.exp_()``; through NumPy (same memory) where allowed, ~2x faster on one CPU core."""
-    if _untracked_cpu(x):
+    if _untracked_cpu(x, numpy_loop):
         array = x.numpy()
         np.exp(array, out=array)
         return x
     return x.exp_()
 
 
-def _transposed(x: Tensor) -> Tensor:
+def _transposed(x: Tensor, numpy_loop: bool) -> Tensor:
     """(B,T,N) -> contiguous (B,N,T); NumPy's blocked copy is ~1.7x faster than torch's on CPU."""
-    if _untracked_cpu(x):
+    if _untracked_cpu(x, numpy_loop):
         return torch.from_numpy(np.ascontiguousarray(x.numpy().transpose(0, 2, 1)))
     return x.transpose(1, 2).contiguous()
 
@@ -429,6 +455,7 @@ def _transposed(x: Tensor) -> Tensor:
 class _TorchVectors:
     """The loop's vector arithmetic in torch: any device, autograd through every op."""
 
+    numpy = False  # whether copies may go through NumPy too (see _transposed)
     matmul = staticmethod(torch.bmm)
     exp = staticmethod(torch.exp)
     log = staticmethod(torch.log)
@@ -449,7 +476,7 @@ class _TorchVectors:
     def transposed_kernel(kernel: Tensor):
         """(B,N,T) kernel -> (B,T,N) for ``(1,T)@(T,N)`` mat-vecs: a contiguous copy for torch's
         ``bmm`` (faster than on the transposed view)."""
-        return _transposed(kernel)
+        return _transposed(kernel, False)
 
     @staticmethod
     def concatenate(vectors: list):
@@ -487,6 +514,8 @@ class _NumpyVectors(_TorchVectors):
     ``torch.bmm`` for the (1,K)@(K,M) mat-vecs and its ``exp``/``log`` ~2x faster on (B,T)
     vectors, and each op dispatches in ~1 us instead of ~3 us: one iteration measured ~60 us
     against ~90 us (``bench/solver.py``). Chosen automatically by :func:`_vectors_for`."""
+
+    numpy = True
 
     @staticmethod
     def affine(offset, x, alpha: float):
@@ -542,11 +571,11 @@ if np is not None:
     _NumpyVectors.log2 = staticmethod(np.log2)
 
 
-def _vectors_for(problem: TransportProblem):
+def _vectors_for(problem: TransportProblem, numpy_loop: bool):
     """NumPy for CPU loops that autograd does not record (the forward of every gradient mode
-    but ``last_step``'s final step and plain-autograd unrolling), torch otherwise."""
-    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (problem.log_kernel, problem.log_a, problem.log_b))
-    if _NUMPY_LOOP and np is not None and problem.log_kernel.device.type == "cpu" and not tracked:
+    but ``last_step``'s final step and plain-autograd unrolling) if ``numpy_loop``, torch otherwise."""
+    tracked = _tracked(problem)
+    if numpy_loop and np is not None and problem.log_kernel.device.type == "cpu" and not tracked:
         return _NumpyVectors
     return _TorchVectors
 
@@ -579,18 +608,18 @@ class _UnbalancedSteps:
     ``[e^-D, N e^D]`` and ``|log u| <= 2D + log N``, which keeps ``H^T u`` exact too.
     """
 
-    def __init__(self, problem: TransportProblem, threshold: float, psi_hat: Optional[Tensor] = None) -> None:
+    def __init__(self, problem: TransportProblem, numerics: _Numerics, psi_hat: Optional[Tensor] = None) -> None:
         self.problem = problem
-        self.threshold = threshold
+        self.threshold = numerics.anchor_threshold
         self.lam_rows = problem.lam_rows
         self.lam_cols = problem.lam_cols
         self.tape: Optional[list] = None
-        self.ops = _vectors_for(problem)
+        self.ops = _vectors_for(problem, numerics.numpy_loop)
         self._unchecked_left = 0  # iterations whose drift check may be skipped (see _needs_check)
         self._previous_log_v = self.ops.array(torch.zeros_like(problem.log_b)[:, None, :])
         if psi_hat is None:
             psi_hat = torch.zeros_like(problem.log_b)
-        self.kernel = _StabilisedKernel(problem, threshold, psi_hat)
+        self.kernel = _StabilisedKernel(problem, numerics, psi_hat)
         if not self.kernel.share_row_kernel():
             self.kernel.anchor_row_potential(self.lam_rows * (problem.log_a - self.kernel.row_shift))
         self._refresh()
@@ -669,10 +698,13 @@ class _UnbalancedSteps:
         return state.u_anchor + torch.log(u[:, 0, :]), state.v_anchor + log_v[:, 0, :]
 
     def residual(self, state: _ScalingState) -> Tensor:
-        """(B,) optimality residual (``TransportResult.error``) of the iterate, after the optimal
-        translation (``_translate``), so that it measures the plan and not the slow drift of the
-        potentials along ``(f + t, g - t)``."""
-        phi, psi = _translate(self.problem, *self.potentials(state))
+        """(B,) optimality residual (``TransportResult.error``, and the stopping rule's) of the
+        iterate, after the optimal translation (``_translate``), so that it measures the plan and
+        not the slow drift of the potentials along ``(f + t, g - t)``."""
+        return self.error(state, *_translate(self.problem, *self.potentials(state)))
+
+    def error(self, state: _ScalingState, phi: Tensor, psi: Tensor) -> Tensor:
+        """``residual`` given the iterate's translated potentials (``_result`` has them)."""
         return _unbalanced_error(self.problem, self.kernel, phi, psi)
 
 
@@ -703,12 +735,12 @@ class _PartialSteps:
     Started like POT from ``K * m / sum K`` (``z = log m - LSE(L)``) and zero corrections.
     """
 
-    def __init__(self, problem: TransportProblem, threshold: float, psi_hat: Optional[Tensor] = None, phi_hat: Optional[Tensor] = None) -> None:
+    def __init__(self, problem: TransportProblem, numerics: _Numerics, psi_hat: Optional[Tensor] = None, phi_hat: Optional[Tensor] = None) -> None:
         self.problem = problem
         self.log_mass = math.log(problem.partial_mass)
         psi_hat = torch.zeros_like(problem.log_b) if psi_hat is None else psi_hat
         phi_hat = torch.zeros_like(problem.log_a) if phi_hat is None else phi_hat
-        self.kernel = _StabilisedKernel(problem, threshold, psi_hat, phi_hat)
+        self.kernel = _StabilisedKernel(problem, numerics, psi_hat, phi_hat)
 
     def initial_state(self) -> _DykstraState:
         p = self.problem
@@ -736,25 +768,63 @@ class _PartialSteps:
         return state.x, state.y + state.z[:, None]
 
     def residual(self, state: _DykstraState) -> Tensor:
-        """(B,) optimality residual of the iterate (see ``_partial_error``)."""
+        """(B,) optimality residual (``TransportResult.error``, and the stopping rule's) of the
+        iterate (see ``_partial_error``)."""
         return _partial_error(self.problem, self.kernel, state.x, state.y, state.z)
+
+    def error(self, state: _DykstraState, phi: Tensor, psi: Tensor) -> Tensor:
+        """``residual``: a function of the state alone (``phi, psi`` are its potentials)."""
+        return self.residual(state)
 
 
 def _masked(values: Tensor, mask: Tensor, padded: bool) -> Tensor:
     return torch.where(mask, values, 0.0) if padded else values
 
 
-def _iterate(problem: TransportProblem, steps, state, n_iter: int, tol: Optional[float], check_every: int):
-    """The one loop: ``n_iter`` steps of the variant; with ``tol``, stop once every item's
-    ``error <= tol`` (checked every ``check_every`` iterations by ``steps.residual``, from the
-    kernel marginals: two mat-vecs)."""
+@dataclass(frozen=True)
+class _StoppingRule:
+    """When the loop stops, and what ``converged`` means (solve's ``max_iter``, ``min_iter``,
+    ``check_every``, ``tol``): one residual (``steps.residual``, which is also
+    ``TransportResult.error``) against one tolerance, for both."""
+
+    max_iter: int
+    min_iter: int
+    check_every: int
+    tol: Optional[float]
+
+    def checks_at(self, done: int) -> bool:
+        """Whether the residual is checked after iteration ``done`` (1-based)."""
+        return self.tol is not None and done >= self.min_iter and done % self.check_every == 0
+
+    def converged(self, error: Tensor) -> Tensor:
+        """(B,) bool: ``error <= tol`` (``tol=None``: ``_DEFAULT_TOL`` of the dtype)."""
+        return error <= (self.tol if self.tol is not None else _DEFAULT_TOL[error.dtype])
+
+
+def _stopping_rule(max_iter, min_iter, check_every, tol) -> _StoppingRule:
+    max_iter, min_iter, check_every = (_count(value, name) for value, name in ((max_iter, "max_iter"), (min_iter, "min_iter"), (check_every, "check_every")))
+    if min_iter > max_iter:
+        raise ValueError(f"min_iter must be <= max_iter, got min_iter={min_iter} and max_iter={max_iter}")
+    if tol is not None:
+        tol = _number(tol, "tol")
+        if not tol > 0:
+            raise ValueError(f"tol must be None or > 0, got {tol}")
+    return _StoppingRule(max_iter, min_iter, check_every, tol)
+
+
+def _iterate(steps, state, rule: _StoppingRule, n_iter: Optional[int] = None):
+    """The one loop: ``n_iter`` (default ``rule.max_iter``) steps of the variant, or fewer: it
+    stops after iteration ``k`` once every item's ``steps.residual <= rule.tol``, where ``k`` is
+    a multiple of ``rule.check_every`` and ``>= rule.min_iter`` (``rule.checks_at``; a check
+    costs two mat-vecs, from the kernel marginals). -> (state, iterations run)."""
+    n_iter = rule.max_iter if n_iter is None else n_iter
     done = 0
     while done < n_iter:
         state = steps.step(state)
         done += 1
-        if tol is not None and (done % check_every == 0 or done == n_iter):
+        if done < n_iter and rule.checks_at(done):  # after the last iteration a check changes nothing
             with torch.no_grad():  # marginals() leaves the anchors alone, so the iterate stays valid
-                converged = bool((steps.residual(state) <= tol).all())
+                converged = bool(rule.converged(steps.residual(state)).all())
             if converged:
                 break
     return state, done
@@ -788,7 +858,7 @@ class _UnrolledSinkhorn(torch.autograd.Function):
     def forward(ctx, log_kernel: Tensor, log_a: Tensor, log_b: Tensor, run: "_LoopRun") -> tuple[Tensor, Tensor]:
         steps = run.steps
         steps.tape = []
-        state, run.n_iter = _iterate(steps.problem, steps, steps.initial_state(), run.max_iter, run.tol, run.check_every)
+        state, run.n_iter = _iterate(steps, steps.initial_state(), run.rule)
         run.state = state
         tape, steps.tape = steps.tape, None
         ctx.tape = tape
@@ -858,7 +928,7 @@ class _UnrolledSinkhorn(torch.autograd.Function):
             for col_kernel_t, hats, vectors in col_kernel_terms.values():
                 # H^T_bar = sum_t w_bar_t ⊗ u_t = W_bar^T U, in the same (B,N,T) layout
                 log_kernel_bar_t.add_(outer_sum(hats, vectors, 1.0).mul_(col_kernel_t))
-            log_kernel_bar = _transposed(log_kernel_bar_t)
+            log_kernel_bar = _transposed(log_kernel_bar_t, ops.numpy)
         return log_kernel_bar, (log_a_bar * lam_rows)[:, 0, :], (log_b_bar * lam_cols)[:, 0, :], None
 
 
@@ -868,9 +938,8 @@ class _LoopRun:
     where they report the final state and ``n_iter``)."""
 
     steps: object  # _UnbalancedSteps | _PartialSteps
-    max_iter: int
-    tol: Optional[float]
-    check_every: int
+    rule: _StoppingRule
+    numerics: _Numerics
     n_iter: int = 0
     state: object = None
 
@@ -888,7 +957,7 @@ def _softmax_middle(logits: Tensor) -> Tensor:
     return weights.div_(torch.where(total > 0, total, torch.ones_like(total)))
 
 
-def _unbalanced_adjoint(problem: TransportProblem, phi: Tensor, psi: Tensor, phi_bar: Tensor, psi_bar: Tensor, kernel: Optional["_StabilisedKernel"] = None) -> tuple[Tensor, Tensor, Tensor]:
+def _unbalanced_adjoint(problem: TransportProblem, phi: Tensor, psi: Tensor, phi_bar: Tensor, psi_bar: Tensor, kernel: Optional["_StabilisedKernel"] = None, numpy_loop: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     r"""Vector-Jacobian product of the converged map ``(L, log a, log b) -> (phi, psi)``.
 
     The fixed point is ``F = 0`` with ``F_1 = phi - lam_r (log a - LSE_j[L + psi])`` and
@@ -934,7 +1003,7 @@ def _unbalanced_adjoint(problem: TransportProblem, phi: Tensor, psi: Tensor, phi
     # its page faults, ~0.3 ms each on the benchmark machine
     log_kernel_bar_t = col_softmax_t.mul_(w_cols[:, :, None] * -lam_c)
     log_kernel_bar_t.sub_(row_softmax_t.mul_(lam_r * w_rows[:, None, :]))
-    return _transposed(log_kernel_bar_t), lam_r * _masked(w_rows, problem.row_mask, problem.padded_rows), lam_c * _masked(w_cols, problem.col_mask, problem.padded_cols)
+    return _transposed(log_kernel_bar_t, numpy_loop), lam_r * _masked(w_rows, problem.row_mask, problem.padded_rows), lam_c * _masked(w_cols, problem.col_mask, problem.padded_cols)
 
 
 def _partial_adjoint(problem: TransportProblem, x: Tensor, y: Tensor, z: Tensor, phi_bar: Tensor, psi_bar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -984,12 +1053,13 @@ class _ImplicitSinkhorn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_kernel: Tensor, log_a: Tensor, log_b: Tensor, run: "_LoopRun") -> tuple[Tensor, Tensor]:
         steps = run.steps
-        run.state, run.n_iter = _iterate(steps.problem, steps, steps.initial_state(), run.max_iter, run.tol, run.check_every)
+        run.state, run.n_iter = _iterate(steps, steps.initial_state(), run.rule)
         ctx.problem = steps.problem
         if steps.problem.partial_mass is None:
             phi, psi = steps.potentials(run.state)
             ctx.save_for_backward(phi, psi)
             ctx.kernel = steps.kernel  # its softmaxes at (phi, psi) are two products away
+            ctx.from_kernels = run.numerics.adjoint_from_kernels
             return phi, psi
         ctx.save_for_backward(run.state.x, run.state.y, run.state.z)
         return steps.potentials(run.state)
@@ -998,7 +1068,8 @@ class _ImplicitSinkhorn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, phi_bar: Tensor, psi_bar: Tensor):
         if ctx.problem.partial_mass is None:
-            grads = _unbalanced_adjoint(ctx.problem, *ctx.saved_tensors, phi_bar, psi_bar, kernel=ctx.kernel)
+            kernel = ctx.kernel if ctx.from_kernels else None
+            grads = _unbalanced_adjoint(ctx.problem, *ctx.saved_tensors, phi_bar, psi_bar, kernel=kernel, numpy_loop=ctx.kernel.numpy_loop)
         else:
             grads = _partial_adjoint(ctx.problem, *ctx.saved_tensors, phi_bar, psi_bar)
         return (*grads, None)
@@ -1032,11 +1103,11 @@ def _translate(problem: TransportProblem, phi: Tensor, psi: Tensor) -> tuple[Ten
     return phi + shift[:, None], psi - shift[:, None]
 
 
-def _plan(problem: TransportProblem, phi: Tensor, psi: Tensor) -> Tensor:
+def _plan(problem: TransportProblem, phi: Tensor, psi: Tensor, numpy_loop: bool) -> Tensor:
     """``P = exp(L + phi + psi)``; -inf in the masked kernel makes padding an exact 0 (zero
     gradient, whatever the junk potentials there)."""
     log_plan = torch.add(phi[:, :, None], psi[:, None, :])  # fresh tensor (outer sum first: ~20% faster)
-    return _exp_(log_plan.add_(problem.masked_log_kernel))
+    return _exp_(log_plan.add_(problem.masked_log_kernel), numpy_loop)
 
 
 def _unbalanced_error(problem: TransportProblem, kernel: _StabilisedKernel, phi: Tensor, psi: Tensor) -> Tensor:
@@ -1106,6 +1177,13 @@ def _number(value, name: str) -> float:
     if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     return float(value)
+
+
+def _count(value, name: str) -> int:
+    """An int >= 1 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
 
 
 def _check_mask(mask: Optional[Tensor], name: str, shape: tuple[int, int], device: torch.device) -> Tensor:
@@ -1258,54 +1336,73 @@ def _make_problem(
 # --------------------------------------------------------------------------------------------
 # Gradient modes: each runs the loop and returns (phi, psi, steps, state, n_iter)
 # --------------------------------------------------------------------------------------------
-def _steps_for(problem: TransportProblem, threshold: float):
-    return (_UnbalancedSteps if problem.partial_mass is None else _PartialSteps)(problem, threshold)
+def _tracked(problem: TransportProblem) -> bool:
+    """Autograd records operations on the problem's inputs."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (problem.log_kernel, problem.log_a, problem.log_b))
+
+
+def _steps_for(problem: TransportProblem, numerics: _Numerics):
+    return (_UnbalancedSteps if problem.partial_mass is None else _PartialSteps)(problem, numerics)
 
 
 def _detached(problem: TransportProblem) -> TransportProblem:
     return dataclasses.replace(problem, log_kernel=problem.log_kernel.detach(), log_a=problem.log_a.detach(), log_b=problem.log_b.detach())
 
 
-def _run_plain(problem, threshold, max_iter, tol, check_every):
-    """No gradient wanted, or unrolled partial OT: plain autograd (if any) through the loop."""
-    steps = _steps_for(problem, threshold)
-    state, n_iter = _iterate(problem, steps, steps.initial_state(), max_iter, tol, check_every)
+def _run_plain(problem: TransportProblem, rule: _StoppingRule, numerics: _Numerics):
+    """No gradient wanted, or unrolling through plain autograd (partial OT, or
+    ``hand_written_reverse=False``): autograd (if any) records the loop."""
+    steps = _steps_for(problem, numerics)
+    state, n_iter = _iterate(steps, steps.initial_state(), rule)
     return (*steps.potentials(state), steps, state, n_iter)
 
 
-def _run_implicit(problem, threshold, max_iter, tol, check_every):
+def _run_implicit(problem: TransportProblem, rule: _StoppingRule, numerics: _Numerics):
+    """The loop on a detached copy; :class:`_ImplicitSinkhorn` differentiates its end point."""
     with torch.no_grad():
-        steps = _steps_for(_detached(problem), threshold)
-    run = _LoopRun(steps, max_iter, tol, check_every)
+        steps = _steps_for(_detached(problem), numerics)
+    run = _LoopRun(steps, rule, numerics)
     phi, psi = _ImplicitSinkhorn.apply(problem.log_kernel, problem.log_a, problem.log_b, run)
     return phi, psi, steps, run.state, run.n_iter
 
 
-def _run_unrolled(problem, threshold, max_iter, tol, check_every, hand_written_reverse: bool = True):
-    if problem.partial_mass is not None or not hand_written_reverse:
-        return _run_plain(problem, threshold, max_iter, tol, check_every)
-    # the loop runs on a detached copy; _UnrolledSinkhorn supplies the exact reverse pass
+def _run_unrolled(problem: TransportProblem, rule: _StoppingRule, numerics: _Numerics):
+    """(Semi-)unbalanced OT: the loop on a detached copy; :class:`_UnrolledSinkhorn` supplies
+    the exact reverse pass."""
     with torch.no_grad():
-        steps = _UnbalancedSteps(_detached(problem), threshold)
-    run = _LoopRun(steps, max_iter, tol, check_every)
+        steps = _UnbalancedSteps(_detached(problem), numerics)
+    run = _LoopRun(steps, rule, numerics)
     phi, psi = _UnrolledSinkhorn.apply(problem.log_kernel, problem.log_a, problem.log_b, run)
     return phi, psi, steps, run.state, run.n_iter
 
 
-def _run_last_step(problem, threshold, max_iter, tol, check_every):
+def _run_last_step(problem: TransportProblem, rule: _StoppingRule, numerics: _Numerics):
+    """Iterations 1..n-1 without autograd, then one differentiable iteration."""
     with torch.no_grad():
-        steps = _steps_for(problem, threshold)
-        state, n_iter = _iterate(problem, steps, steps.initial_state(), max_iter - 1, tol, check_every)
+        steps = _steps_for(problem, numerics)
+        state, n_iter = _iterate(steps, steps.initial_state(), rule, rule.max_iter - 1)
         phi, psi = steps.potentials(state)
     # one differentiable iteration from the detached iterate, on kernels rebuilt with autograd
     if problem.partial_mass is None:
-        steps = _UnbalancedSteps(problem, threshold, psi_hat=psi)
+        steps = _UnbalancedSteps(problem, numerics, psi_hat=psi)
         state = steps.initial_state()  # v = 1 at psi_hat = psi: the detached iterate (the row step needs only psi)
     else:
-        steps = _PartialSteps(problem, threshold, psi_hat=psi, phi_hat=phi)
+        steps = _PartialSteps(problem, numerics, psi_hat=psi, phi_hat=phi)
         state = state.detached()
     state = steps.step(state)
     return (*steps.potentials(state), steps, state, n_iter + 1)
+
+
+_GRADIENT_MODES = {"implicit": _run_implicit, "unrolled": _run_unrolled, "last_step": _run_last_step}
+
+
+def _gradient_mode(problem: TransportProblem, grad: str, numerics: _Numerics):
+    """The ``_run_*`` function that computes ``grad`` for this problem."""
+    if not _tracked(problem):
+        return _run_plain
+    if grad == "unrolled" and (problem.partial_mass is not None or not numerics.hand_written_reverse):
+        return _run_plain
+    return _GRADIENT_MODES[grad]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1327,7 +1424,14 @@ def solve(
     normalize: bool = False,
     max_iter: int = 100,
     tol: Optional[float] = None,
+    check_every: int = _CHECK_EVERY,
+    min_iter: int = _MIN_ITER,
     grad: GradMode = "implicit",
+    _anchor_threshold: Optional[float] = None,
+    _numpy_loop: bool = True,
+    _share_kernel: bool = True,
+    _hand_written_reverse: bool = True,
+    _adjoint_from_kernels: bool = True,
 ) -> TransportResult:
     r"""Entropic (unbalanced / partial) optimal transport between frames (rows) and tokens (columns).
 
@@ -1375,9 +1479,16 @@ def solve(
             (entropy; POT ``reg_type='entropy'``, OTT's convention). Balanced plans coincide.
         normalize: balanced OT only: rescale ``col_weights`` so that ``sum b = sum a`` instead of
             raising ValueError when the masses differ.
-        max_iter: iterations to run (>= 1); exactly this many when ``tol is None``.
-        tol: stop early once every item's ``error <= tol`` (checked every 10 iterations); also
-            the threshold of ``converged``.
+        max_iter, min_iter, check_every, tol: the stopping rule (ints >= 1; ``tol`` None or
+            > 0). The loop runs at most ``max_iter`` iterations, exactly this many when ``tol is
+            None``. With ``tol`` it checks, after every iteration ``k`` that is a multiple of
+            ``check_every`` and ``>= min_iter``, whether every item's ``error <= tol`` (the
+            residual of ``TransportResult.error``, from two mat-vecs), and stops if so (OTT's
+            ``inner_iterations`` and ``min_iterations``). With the defaults (``check_every=10``,
+            ``min_iter=1``) the first check is after iteration 10. The same residual and the
+            same ``tol`` give ``converged`` (``tol=None``: 1e-5 in fp32, 1e-6 in fp64), so a run
+            that stopped early has ``converged`` all True (``grad="last_step"`` runs its one
+            differentiable iteration after the loop's). ``min_iter <= max_iter``.
         grad: how gradients flow to ``cost``/weights:
             - ``"implicit"`` (default): the implicit-function gradient of the converged map,
               from the adjoint of the fixed point (:func:`_unbalanced_adjoint`: one N x N
@@ -1399,54 +1510,60 @@ def solve(
               partial OT even the gradient of ``value`` is off (64% in the audit), since the
               envelope argument does not hold for its primal value.
 
+    The private arguments (``_anchor_threshold``, ``_numpy_loop``, ``_share_kernel``,
+    ``_hand_written_reverse``, ``_adjoint_from_kernels``) choose how the loop computes, never what (:class:`_Numerics`):
+    tests use them to compare the fast paths with the plain ones.
+
     Returns:
         :class:`TransportResult` (batch dimension dropped for a 2-D ``cost``).
 
     Raises:
-        ValueError: naming the argument, for wrong shapes, types, devices or batch sizes,
+        ValueError: naming the argument, for wrong shapes, types, devices or batch sizes, a
+            stopping rule outside the ranges above,
             NaN/Inf costs, ``eps <= 0``, ``rho < 0``, ``partial_mass`` outside (0, 1],
             balanced OT with unequal masses, or a batch item whose rows or columns are all masked.
     """
     if grad not in _GRADIENT_MODES:
         raise ValueError(f"grad must be one of {sorted(_GRADIENT_MODES)}, got {grad!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-    max_iter = int(max_iter)
-    if tol is not None:
-        tol = _number(tol, "tol")
-        if not tol > 0:
-            raise ValueError(f"tol must be None or > 0, got {tol}")
+    rule = _stopping_rule(max_iter, min_iter, check_every, tol)
     squeeze = isinstance(cost, Tensor) and cost.dim() == 2
-    if squeeze:
-        for name, tensor, length in (("row_mask", row_mask, cost.shape[0]), ("col_mask", col_mask, cost.shape[1]), ("row_weights", row_weights, cost.shape[0]), ("col_weights", col_weights, cost.shape[1])):
-            if isinstance(tensor, Tensor) and tuple(tensor.shape) != (length,):
-                raise ValueError(f"{name} has shape {tuple(tensor.shape)}; for a 2-D cost of shape {tuple(cost.shape)} it must be ({length},)")
-        cost = cost[None]
-        row_mask, col_mask, row_weights, col_weights = (None if t is None else (t[None] if isinstance(t, Tensor) else t) for t in (row_mask, col_mask, row_weights, col_weights))
+    cost, row_mask, col_mask, row_weights, col_weights = _batched(cost, row_mask, col_mask, row_weights, col_weights)
     problem = _make_problem(cost, row_mask, col_mask, row_weights, col_weights, eps, rho_rows, rho_cols, partial_mass, order_weight, reference, normalize)
-
-    threshold = _ANCHOR_THRESHOLD[problem.log_kernel.dtype]
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (problem.log_kernel, problem.log_a, problem.log_b))
-    if not needs_grad:
-        run = _run_plain
-    elif grad == "unrolled":
-        run = functools.partial(_run_unrolled, hand_written_reverse=_HAND_WRITTEN_REVERSE)  # read at call time: tests flip it
-    else:
-        run = _GRADIENT_MODES[grad]
-    phi, psi, steps, state, n_iter = run(problem, threshold, max_iter, tol, _CHECK_EVERY)
+    numerics = _numerics(problem, _anchor_threshold, _numpy_loop, _share_kernel, _hand_written_reverse, _adjoint_from_kernels)
+    phi, psi, steps, state, n_iter = _gradient_mode(problem, grad, numerics)(problem, rule, numerics)
     phi, psi = _translate(problem, phi, psi)
-    return _result(problem, steps, state, phi, psi, n_iter, tol, squeeze)
+    return _result(problem, steps, state, phi, psi, n_iter, rule, numerics, squeeze)
 
 
-def _result(problem: TransportProblem, steps, state, phi: Tensor, psi: Tensor, n_iter: int, tol: Optional[float], squeeze: bool) -> TransportResult:
-    plan = _plan(problem, phi, psi)
+def _batched(cost, row_mask, col_mask, row_weights, col_weights) -> tuple:
+    """A 2-D cost (T,N) and its (T,)/(N,) masks and weights as a batch of one; others as given."""
+    if not (isinstance(cost, Tensor) and cost.dim() == 2):
+        return cost, row_mask, col_mask, row_weights, col_weights
+    for name, tensor, length in (("row_mask", row_mask, cost.shape[0]), ("col_mask", col_mask, cost.shape[1]), ("row_weights", row_weights, cost.shape[0]), ("col_weights", col_weights, cost.shape[1])):
+        if isinstance(tensor, Tensor) and tuple(tensor.shape) != (length,):
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}; for a 2-D cost of shape {tuple(cost.shape)} it must be ({length},)")
+    return (cost[None], *(None if t is None else (t[None] if isinstance(t, Tensor) else t) for t in (row_mask, col_mask, row_weights, col_weights)))
+
+
+def _numerics(problem: TransportProblem, anchor_threshold: Optional[float], *flags: bool) -> _Numerics:
+    """solve's private arguments, checked (``anchor_threshold=None``: the dtype's default)."""
+    if anchor_threshold is None:
+        anchor_threshold = _ANCHOR_THRESHOLD[problem.log_kernel.dtype]
+    elif not _number(anchor_threshold, "_anchor_threshold") > 0:
+        raise ValueError(f"_anchor_threshold must be > 0, got {anchor_threshold!r}")
+    for field, flag in zip(dataclasses.fields(_Numerics)[1:], flags):
+        if not isinstance(flag, bool):
+            raise ValueError(f"_{field.name} must be a bool, got {flag!r}")
+    return _Numerics(float(anchor_threshold), *flags)
+
+
+def _result(problem: TransportProblem, steps, state, phi: Tensor, psi: Tensor, n_iter: int, rule: _StoppingRule, numerics: _Numerics, squeeze: bool) -> TransportResult:
+    """The plan, potentials, value and residual at the (translated) potentials ``phi, psi``."""
+    plan = _plan(problem, phi, psi, numerics.numpy_loop)
     f = _masked(problem.eps * phi, problem.row_mask, problem.padded_rows)
     g = _masked(problem.eps * psi, problem.col_mask, problem.padded_cols)
     with torch.no_grad():
-        if problem.partial_mass is None:
-            error = _unbalanced_error(problem, steps.kernel, phi.detach(), psi.detach())
-        else:
-            error = _partial_error(problem, steps.kernel, state.x.detach(), state.y.detach(), state.z.detach())
+        error = steps.error(state, phi.detach(), psi.detach())  # the stopping rule's residual, at phi, psi
     if _in_the_large_eps_limit(problem):
         value = (problem.cost * plan).sum((-2, -1))
     elif problem.partial_mass is None:
@@ -1454,13 +1571,7 @@ def _result(problem: TransportProblem, steps, state, phi: Tensor, psi: Tensor, n
     else:
         # <C,P> + eps KL(P|R) = <P, f ⊕ g> - eps (sum P - sum R), since eps log(P/R) = f + g - C
         value = (plan.sum(-1) * f).sum(-1) + (plan.sum(-2) * g).sum(-1) - _eps_mass(problem, plan)
-    converged = error <= (tol if tol is not None else _DEFAULT_TOL[plan.dtype])
+    converged = rule.converged(error)
     if squeeze:
         plan, f, g, value, error, converged = plan[0], f[0], g[0], value[0], error[0], converged[0]
     return TransportResult(plan, f, g, value, error, n_iter, converged, problem)
-
-
-_GRADIENT_MODES = {"implicit": _run_implicit, "unrolled": _run_unrolled, "last_step": _run_last_step}
-_CHECK_EVERY = 10
-# ``converged`` without an explicit tol: the L1 optimality residual in units of mass
-_DEFAULT_TOL = {torch.float32: 1e-5, torch.float64: 1e-6}

@@ -1,5 +1,5 @@
-"""The solver's fast paths are invisible: the NumPy loop (``_NUMPY_LOOP``), the shared kernel of
-unpadded batches (``_SHARE_KERNEL``) and the torch loop with two kernels give the same plan,
+"""The solver's fast paths are invisible: the NumPy loop (``solve(_numpy_loop=...)``), the shared
+kernel of unpadded batches (``solve(_share_kernel=...)``) and the torch loop with two kernels give the same plan,
 potentials and value as a plain log-domain Sinkhorn written out here, in every variant, with
 and without padding, and the same gradients."""
 from __future__ import annotations
@@ -25,12 +25,15 @@ VARIANTS = [
 ]
 
 
+def path_options(numpy_loop: bool, share: bool) -> dict:
+    """solve's private arguments that choose a path."""
+    return dict(_numpy_loop=numpy_loop, _share_kernel=share)
+
+
 @pytest.fixture
-def path(request, monkeypatch):
-    numpy_loop, share = request.param
-    monkeypatch.setattr(solver_module, "_NUMPY_LOOP", numpy_loop)
-    monkeypatch.setattr(solver_module, "_SHARE_KERNEL", share)
-    return request.param
+def path(request):
+    """solve's keyword arguments for the path ``request.param = (numpy loop, shared kernel)``."""
+    return path_options(*request.param)
 
 
 def log_domain_sinkhorn(cost: torch.Tensor, eps: float, n_iter: int, rho_rows: float = INF, rho_cols: float = INF, reference: str = "product"):
@@ -56,12 +59,12 @@ def test_every_path_is_the_log_domain_iteration_in_fp64(path, kwargs, padded):
     eps, n_iter = 0.05, 40
     data = random_padded_batch(21, 4, 17, 6)
     if padded:
-        res = solve(data.cost, data.row_mask, data.col_mask, eps=eps, max_iter=n_iter, **kwargs)
+        res = solve(data.cost, data.row_mask, data.col_mask, eps=eps, max_iter=n_iter, **path, **kwargs)
         slices = [(item, data.row_lengths[item], data.col_lengths[item]) for item in range(4)]
         cost = data.cost
     else:
         cost = data.cost[:, :17, :6].nan_to_num(1.0)  # item 0 is full-size; fill the others' padding
-        res = solve(cost, eps=eps, max_iter=n_iter, **kwargs)
+        res = solve(cost, eps=eps, max_iter=n_iter, **path, **kwargs)
         slices = [(item, 17, 6) for item in range(4)]
     assert bool(torch.isfinite(res.plan).all() and torch.isfinite(res.value).all())
     for item, t, n in slices:
@@ -75,7 +78,7 @@ def test_every_path_is_the_log_domain_iteration_in_fp64(path, kwargs, padded):
 
 
 @pytest.mark.parametrize("kwargs", VARIANTS[:3], ids=["semi-relaxed", "balanced", "unbalanced"])
-def test_fast_paths_are_as_accurate_in_fp32(monkeypatch, kwargs):
+def test_fast_paths_are_as_accurate_in_fp32(kwargs):
     """fp32 at the operating point (eps 0.05, cosine costs in [0, 2], 100 iterations) against the
     fp64 solution: every path rounds differently, and every one is within 5e-6 of the largest
     plan entry, 1e-6 in the value and 2e-6 in the potentials (measured: 1.4-2.6e-6, 0.5-1.4e-7
@@ -85,21 +88,17 @@ def test_fast_paths_are_as_accurate_in_fp32(monkeypatch, kwargs):
     from otalign.ot import cosine_cost
 
     cost = cosine_cost(frames, tokens)
-    monkeypatch.setattr(solver_module, "_NUMPY_LOOP", False)
-    monkeypatch.setattr(solver_module, "_SHARE_KERNEL", False)
-    exact = solve(cost.double(), eps=0.05, max_iter=100, **kwargs)
+    exact = solve(cost.double(), eps=0.05, max_iter=100, **path_options(False, False), **kwargs)
     scale = float(exact.plan.abs().max())
     for numpy_loop, share in PATHS:
-        monkeypatch.setattr(solver_module, "_NUMPY_LOOP", numpy_loop)
-        monkeypatch.setattr(solver_module, "_SHARE_KERNEL", share)
-        res = solve(cost, eps=0.05, max_iter=100, **kwargs)
+        res = solve(cost, eps=0.05, max_iter=100, **path_options(numpy_loop, share), **kwargs)
         assert bool(torch.isfinite(res.plan).all())
         assert float((res.plan.double() - exact.plan).abs().max()) <= 5e-6 * scale, (numpy_loop, share)
         assert float((res.value.double() - exact.value).abs().max()) <= 1e-6, (numpy_loop, share)
         assert float((res.col_potential.double() - exact.col_potential).abs().max()) <= 2e-6, (numpy_loop, share)
 
 
-def test_shared_kernel_is_refused_where_a_column_is_far_from_every_row(monkeypatch):
+def test_shared_kernel_is_refused_where_a_column_is_far_from_every_row():
     """A token whose best frame is 60 eps-units worse than that frame's best token makes the
     shared kernel's column maximum e^-60 < e^-3D: the solver builds the second kernel instead,
     and the plan is still the log-domain iteration's, without NaN or Inf, in fp32 and fp64."""
@@ -109,7 +108,7 @@ def test_shared_kernel_is_refused_where_a_column_is_far_from_every_row(monkeypat
     for dtype in (torch.float64, torch.float32):
         with torch.no_grad():
             problem = solver_module._make_problem(cost.to(dtype), None, None, None, None, 0.05, 0.3, INF, None, 0.0, "product", False)
-            steps = solver_module._UnbalancedSteps(problem, solver_module._ANCHOR_THRESHOLD[dtype])
+            steps = solver_module._UnbalancedSteps(problem, solver_module._Numerics(solver_module._ANCHOR_THRESHOLD[dtype]))
         if dtype == torch.float32:
             assert steps.kernel.col_kernel_t is not steps.kernel.row_kernel
         res = solve(cost.to(dtype), eps=0.05, rho_rows=0.3, max_iter=60)
@@ -120,12 +119,12 @@ def test_shared_kernel_is_refused_where_a_column_is_far_from_every_row(monkeypat
     # the ordinary case shares it
     with torch.no_grad():
         problem = solver_module._make_problem(data.cost[:, :12, :5].nan_to_num(1.0), None, None, None, None, 0.05, 0.3, INF, None, 0.0, "product", False)
-        steps = solver_module._UnbalancedSteps(problem, solver_module._ANCHOR_THRESHOLD[torch.float64])
+        steps = solver_module._UnbalancedSteps(problem, solver_module._Numerics(solver_module._ANCHOR_THRESHOLD[torch.float64]))
     assert steps.kernel.col_kernel_t is steps.kernel.row_kernel
 
 
 @pytest.mark.parametrize("eps", [1e-3, 1e-2])
-def test_small_eps_and_large_costs_stay_finite_on_every_path(monkeypatch, eps):
+def test_small_eps_and_large_costs_stay_finite_on_every_path(eps):
     """|C|/eps up to 2.2e4 (costs in [20, 22] at eps 1e-3): re-anchoring keeps every output
     finite on every path; in fp64 the paths agree to 1e-10 of the largest plan entry (rounding
     the exponent alone is |C|/eps * 2^-52 = 5e-12 relative here; measured 2e-12), and in
@@ -135,9 +134,7 @@ def test_small_eps_and_large_costs_stay_finite_on_every_path(monkeypatch, eps):
     cost = data.cost[:, :30, :8].nan_to_num(1.0) + 20.0
     results = {}
     for dtype, (numpy_loop, share) in itertools.product((torch.float64, torch.float32), PATHS):
-        monkeypatch.setattr(solver_module, "_NUMPY_LOOP", numpy_loop)
-        monkeypatch.setattr(solver_module, "_SHARE_KERNEL", share)
-        res = solve(cost.to(dtype), eps=eps, rho_rows=0.3, max_iter=200)
+        res = solve(cost.to(dtype), eps=eps, rho_rows=0.3, max_iter=200, **path_options(numpy_loop, share))
         assert bool(torch.isfinite(res.plan).all() and torch.isfinite(res.value).all() and torch.isfinite(res.row_potential).all())
         results[dtype, numpy_loop, share] = res.plan.double()
     exact = results[torch.float64, False, False]
@@ -153,7 +150,7 @@ def test_small_eps_and_large_costs_stay_finite_on_every_path(monkeypatch, eps):
 
 @pytest.mark.parametrize("grad", ["implicit", "unrolled", "last_step"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-def test_gradients_do_not_depend_on_the_path(monkeypatch, grad, padded):
+def test_gradients_do_not_depend_on_the_path(grad, padded):
     data = random_padded_batch(31, 3, 11, 5)
     torch.manual_seed(0)
     probe = torch.randn(3, 11, 5, dtype=torch.float64)
@@ -161,10 +158,8 @@ def test_gradients_do_not_depend_on_the_path(monkeypatch, grad, padded):
     base = data.cost if padded else data.cost.nan_to_num(1.0)
     grads = []
     for numpy_loop, share in PATHS:
-        monkeypatch.setattr(solver_module, "_NUMPY_LOOP", numpy_loop)
-        monkeypatch.setattr(solver_module, "_SHARE_KERNEL", share)
         cost = base.clone().requires_grad_(True)
-        res = solve(cost, *masks, eps=0.05, rho_rows=0.3, max_iter=50, grad=grad)
+        res = solve(cost, *masks, eps=0.05, rho_rows=0.3, max_iter=50, grad=grad, **path_options(numpy_loop, share))
         loss = (res.plan * probe.nan_to_num(0.0)).sum() + res.value.sum()
         (gradient,) = torch.autograd.grad(loss, cost)
         assert bool(torch.isfinite(gradient).all())
@@ -175,7 +170,7 @@ def test_gradients_do_not_depend_on_the_path(monkeypatch, grad, padded):
 
 @pytest.mark.parametrize("kwargs", VARIANTS, ids=["semi-relaxed", "balanced", "unbalanced", "ones"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-def test_implicit_gradient_from_the_kernels_equals_the_log_kernel_one(monkeypatch, kwargs, padded):
+def test_implicit_gradient_from_the_kernels_equals_the_log_kernel_one(kwargs, padded):
     """The adjoint's softmaxes from the loop's kernels (the fast path) and from the log-kernel
     (the fallback when a potential is far from its anchor) give the same gradient."""
     data = random_padded_batch(41, 3, 13, 6)
@@ -186,11 +181,9 @@ def test_implicit_gradient_from_the_kernels_equals_the_log_kernel_one(monkeypatc
     row_weights = torch.rand(3, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).add(0.5)
     grads = []
     for from_kernels in (True, False):
-        if not from_kernels:
-            monkeypatch.setattr(solver_module._StabilisedKernel, "softmaxes", lambda self, phi, psi, problem: None)
         cost = base.clone().requires_grad_(True)
         weights = row_weights.clone().requires_grad_(True)
-        res = solve(cost, *masks, weights, eps=0.05, max_iter=300, normalize=not kwargs, **kwargs)
+        res = solve(cost, *masks, weights, eps=0.05, max_iter=300, normalize=not kwargs, _adjoint_from_kernels=from_kernels, **kwargs)
         loss = (res.plan * probe).sum() + res.value.sum() + res.col_potential.sum()
         grads.append(torch.autograd.grad(loss, (cost, weights)))
     for fast, slow in zip(*grads):

@@ -271,15 +271,12 @@ def test_nan_on_padding_is_not_an_error():
 # ---------------------------------------------------------------- internals that must be invisible
 @pytest.mark.parametrize("threshold", [0.5, 100.0], ids=["reanchor-often", "default"])
 @pytest.mark.parametrize("kwargs", [dict(), dict(rho_rows=0.3), dict(rho_rows=0.3, rho_cols=2.0, reference="ones"), dict(partial_mass=0.7)])
-def test_reanchoring_the_kernel_does_not_change_the_plan(monkeypatch, threshold, kwargs):
+def test_reanchoring_the_kernel_does_not_change_the_plan(threshold, kwargs):
     """Absorbing potentials into the kernel (Schmitzer's stabilisation) is exact: with the
     threshold forced down to 0.5 (a re-anchor nearly every iteration) the plan still equals POT's."""
-    import otalign.ot.solver as solver_module
-
-    monkeypatch.setitem(solver_module._ANCHOR_THRESHOLD, torch.float64, threshold)
     data = random_padded_batch(14, 3, 9, 5)
     eps = 0.05
-    res = solve(data.cost, data.row_mask, data.col_mask, eps=eps, max_iter=60, **kwargs)
+    res = solve(data.cost, data.row_mask, data.col_mask, eps=eps, max_iter=60, _anchor_threshold=threshold, **kwargs)
     for item in range(3):
         t, n = data.row_lengths[item], data.col_lengths[item]
         a, b = np.full(t, 1 / t), np.full(n, 1 / n)
@@ -295,20 +292,17 @@ def test_reanchoring_the_kernel_does_not_change_the_plan(monkeypatch, threshold,
 
 @pytest.mark.parametrize("threshold", [0.5, 100.0], ids=["reanchor-often", "default"])
 @pytest.mark.parametrize("kwargs", [dict(), dict(rho_rows=0.3), dict(rho_rows=0.3, rho_cols=2.0, reference="ones"), dict(rho_rows=0.3, tol=1e-2)])
-def test_hand_written_reverse_pass_equals_autograd(monkeypatch, threshold, kwargs):
-    import otalign.ot.solver as solver_module
-
-    monkeypatch.setitem(solver_module._ANCHOR_THRESHOLD, torch.float64, threshold)
+def test_hand_written_reverse_pass_equals_autograd(threshold, kwargs):
     data = random_padded_batch(15, 3, 9, 5)
     torch.manual_seed(0)
     probe = torch.randn(3, 9, 5, dtype=torch.float64)
     grads = []
     for hand_written in (True, False):
-        monkeypatch.setattr(solver_module, "_HAND_WRITTEN_REVERSE", hand_written)
         cost = data.cost.clone().requires_grad_(True)
         row_weights = torch.rand(3, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).add(0.5).requires_grad_(True)
         # balanced OT needs equal masses: normalize rescales b to the random row mass
-        res = solve(cost, data.row_mask, data.col_mask, row_weights, eps=0.05, max_iter=80, grad="unrolled", normalize=not kwargs.get("rho_rows"), **kwargs)
+        res = solve(cost, data.row_mask, data.col_mask, row_weights, eps=0.05, max_iter=80, grad="unrolled", normalize=not kwargs.get("rho_rows"),
+                    _anchor_threshold=threshold, _hand_written_reverse=hand_written, **kwargs)
         if "tol" in kwargs:
             assert res.n_iter < 80  # stopped early: the tape is shorter than max_iter
         loss = (res.plan * probe).sum() + res.value.sum() + (res.row_potential * probe[:, :, 0]).sum() + res.col_potential.sum()

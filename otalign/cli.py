@@ -86,9 +86,8 @@ def cmd_align(args: argparse.Namespace) -> int:
             raise ValueError("--ckpt and --synthetic exclude each other")
         if not args.data:
             raise ValueError("--ckpt needs --data, a manifest with ground-truth word spans")
-        from otalign.train.evaluate import load_trainable, make_encode_fn
-        trainable, config, cmvn = load_trainable(args.ckpt)
-        encode_fn = make_encode_fn(trainable, config, cmvn)
+        from otalign.train.system import System
+        encode_fn = System.load(args.ckpt).encode_fn()
     elif not args.synthetic:
         raise ValueError("give --ckpt (a trained model) or --synthetic (the setting that needs no training)")
     result = align_command(ckpt=args.ckpt, manifest=args.data, out_dir=args.out, aligners=args.aligners.split(","),

@@ -62,15 +62,15 @@ def run_demo(out: str = "exp/demo", corpus: str = "data/demo", overrides: list[s
     try:
         from otalign.align.report import align_command
         from otalign.train.checkpoint import rank_checkpoints
-        from otalign.train.evaluate import load_trainable, make_encode_fn
+        from otalign.train.system import System
         best = rank_checkpoints(out)[0]["epoch"]
         best_ckpt = Path(out) / f"epoch_{best}.pt"
-        trainable, train_config, cmvn = load_trainable(best_ckpt)
+        system = System.load(best_ckpt)
         # the encode function carries the checkpoint's own teacher (model, layer, centring) and frame
         # length, so the trained plots score against the targets the model was trained on
         align_command(ckpt=str(best_ckpt), manifest=config.data.test_manifests["test_noisy"], out_dir=str(plots_dir / "trained"),
                       aligners=["ot", "uot", "partial"], rhos=[0.1, 1.0], epsilons=[config.transfer.eps],
-                      synthetic=False, num_utterances=8, encode_fn=make_encode_fn(trainable, train_config, cmvn))
+                      synthetic=False, num_utterances=8, encode_fn=system.encode_fn())
         print(f"[demo] trained-model alignment report: {plots_dir / 'trained'}")
         align_command(ckpt=None, manifest=None, out_dir=str(plots_dir / "synthetic"), aligners=["ot", "uot", "partial"],
                       rhos=[0.01, 0.03, 0.1, 0.3, 1.0], epsilons=[0.05], synthetic=True, num_utterances=16)

@@ -15,41 +15,22 @@ from otalign.align.metrics import aggregate_metrics, utterance_metrics
 from otalign.data.dataset import collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import Utterance
-from otalign.models.export import CheckpointError, load_checkpoint
+from otalign.models.export import CheckpointError
 from otalign.text.cache import TeacherCache, targets_from_config
-from otalign.text.teacher import teacher_from_config
-from otalign.text.tokenizer import tokenizer_from_dict
-from otalign.train.config import TrainConfig, _from_dict
-from otalign.train.trainer import Trainable, build_trainable, make_dataset
+from otalign.train.config import TrainConfig
+from otalign.train.trainer import Trainable, make_dataset
 
 
 def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, GlobalCMVN | None]:
-    """Rebuild the training module (ASR + adapter + aligner) of an ``epoch_N.pt`` checkpoint."""
-    ckpt_path = Path(ckpt_path)
-    ckpt = load_checkpoint(ckpt_path)
-    if "trainable" not in ckpt:
+    """The training module (ASR + adapter + aligner) of an ``epoch_N.pt`` checkpoint, its config and
+    CMVN statistics: the parts of ``System.load`` (otalign.train.system) that scoring needs."""
+    from otalign.train.system import System
+
+    system = System.load(ckpt_path)
+    if system.kind != "training":
         raise CheckpointError(f"{ckpt_path} is not a training checkpoint (epoch_N.pt); an inference export "
                               f"(avg.pt) has no adapter or aligner to evaluate")
-    missing = [k for k in ("config", "tokenizer") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"checkpoint {ckpt_path} is incomplete: it lacks {', '.join(map(repr, missing))}")
-    try:
-        config = _from_dict(TrainConfig, ckpt["config"], "")
-    except ValueError as error:
-        raise CheckpointError(f"checkpoint {ckpt_path} holds a config this version cannot read: {error}") from None
-    plm_width = None
-    if config.transfer.aligner != "none":
-        plm_width = teacher_from_config(config.teacher).width
-    vocab_size = tokenizer_from_dict(ckpt["tokenizer"], source=str(ckpt_path)).vocab_size
-    trainable = build_trainable(config, vocab_size, plm_width)
-    try:
-        trainable.load_state_dict(ckpt["trainable"])
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {ckpt_path}: its weights do not fit its config "
-                              f"({str(error).strip().splitlines()[0][:200]})") from None
-    trainable.eval()
-    cmvn = GlobalCMVN.from_dict(ckpt["cmvn"]) if ckpt.get("cmvn") else None
-    return trainable, config, cmvn
+    return system.trainable, system.config, system.cmvn
 
 
 def checkpoint_targets(config: TrainConfig) -> TeacherCache:

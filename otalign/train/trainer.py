@@ -28,21 +28,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from otalign.align.transfer import KnowledgeTransfer
 from otalign.data.dataset import BucketBatchSampler, SpeechDataset, collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import read_manifest
 from otalign.decode.scoring import git_hash, score
 from otalign.decode.search import ctc_greedy
-from otalign.models.asr import CTCModel
 from otalign.models.export import export_inference_model, load_checkpoint
-from otalign.text.cache import TeacherCache, targets_from_config
+from otalign.text.cache import TeacherCache
 from otalign.text.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from otalign.train.checkpoint import (ExpDirError, average_checkpoints, clear_run, newest_readable_checkpoint,
                                       rank_checkpoints, run_artifacts, save_checkpoint)
-from otalign.train.config import (RESUME_NEUTRAL_KEYS, TrainConfig, aligner_config, config_differences, read_yaml, save_config,
+from otalign.train.config import (RESUME_NEUTRAL_KEYS, TrainConfig, config_differences, read_yaml, save_config,
                                   to_dict)
 from otalign.train.config import validate as validate_config
+from otalign.train.system import System, Trainable, build_teacher, build_trainable, make_dataset  # noqa: F401
 
 
 def progress_enabled(flag: bool | None = None) -> bool:
@@ -100,56 +99,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ----------------------------------------------------------------------------- model
-class Trainable(nn.Module):
-    """The CTC model plus, during training only, the adapter+aligner of the knowledge transfer."""
-
-    def __init__(self, asr: CTCModel, transfer: KnowledgeTransfer | None, layer: int | None = None,
-                 from_bottom: bool = False):
-        super().__init__()
-        self.asr = asr
-        self.transfer = transfer
-        self.layer = layer
-        """Encoder layer the adapter reads (None = the encoder output)."""
-        self.from_bottom = from_bottom
-        """Inputs are the cached states of a frozen Whisper bottom, not log-mel."""
-
-    def encode(self, feats, feat_lengths, with_layer: bool = False):
-        return self.asr(feats, feat_lengths, layer=self.layer if with_layer else None, from_bottom=self.from_bottom)
-
-    def forward(self, feats, feat_lengths, targets, target_lengths, plm_states=None, plm_mask=None):
-        transfer_on = self.transfer is not None and plm_states is not None
-        out = self.encode(feats, feat_lengths, with_layer=transfer_on and self.layer is not None)
-        ctc_per_utt, ctc_valid = self.asr.ctc_loss(out.log_probs, out.out_lengths, targets, target_lengths)
-        zero = out.log_probs.new_zeros(())
-        ctc = ctc_per_utt[ctc_valid].sum() / ctc_valid.sum().clamp(min=1)
-        kt, aux, solver = zero, zero, {}
-        if transfer_on:
-            states = out.layer_states if out.layer_states is not None else out.states
-            transferred = self.transfer(states, out.mask, plm_states, plm_mask)
-            kt, aux, solver = transferred.kt_loss, transferred.aux_loss, transferred.solver
-        return {"ctc": ctc, "kt": kt, "aux": aux, "ctc_invalid": (~ctc_valid).sum(), "solver": solver}
-
-
-def build_teacher(config: TrainConfig) -> TeacherCache:
-    """The PLM teacher behind its cache, as ``config.teacher`` describes it: the same function
-    every evaluation of a trained system uses (``otalign.text.cache.targets_from_config``)."""
-    return targets_from_config(config.teacher)
-
-
-def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None) -> Trainable:
-    asr = CTCModel(**CTCModel.config_from_train(to_dict(config)["model"], vocab_size))
-    transfer = None
-    t = config.transfer
-    if t.aligner != "none":
-        if plm_width is None:
-            raise ValueError("a PLM width is needed for transfer.aligner != 'none'")
-        transfer = KnowledgeTransfer(aligner_config(t), asr.d_model, plm_width, loss=t.loss,
-                                     adapter_hidden=t.adapter_hidden, adapter_dropout=t.adapter_dropout,
-                                     aux_weights={"quantity": t.quantity_weight}, temperature=t.temperature)
-    return Trainable(asr, transfer, layer=t.layer, from_bottom=asr.freeze_layers > 0)
-
-
 # ----------------------------------------------------------------------------- data
 def load_manifests(paths: list[str], strict: bool) -> list:
     """The utterances of several manifests; an id listed in two of them is refused, naming both
@@ -178,18 +127,6 @@ def check_whisper_durations(utterances, config: TrainConfig, where: str) -> None
         raise ValueError(f"{where}: {len(long)} utterance(s) are longer than the {MAX_WHISPER_SECONDS} s window of "
                          f"{config.model.frontend}: {named}{' ...' if len(long) > 5 else ''}; split them into "
                          f"segments (manifest offset/duration) or drop them")
-
-
-def make_dataset(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train: bool = False, epoch_seed: int = 0,
-                 state_cache=None, trainable: Trainable | None = None) -> SpeechDataset:
-    """The dataset a trainable reads, as configured: fbank (+CMVN) or Whisper log-mel, or, when the
-    Whisper bottom is frozen, its cached states (``state_cache``, or made from ``trainable``)."""
-    if state_cache is None and trainable is not None and trainable.from_bottom:
-        state_cache = trainable.asr.encoder.make_bottom_cache(config.data.whisper_cache_dir)
-    speeds = (0.9, 1.0, 1.1) if train and config.data.speed_perturb else (1.0,)
-    return SpeechDataset(utterances, cache_dir=config.data.feature_cache_dir, cmvn=cmvn,
-                         spec_augment=train and config.data.spec_augment, speed_factors=speeds, seed=epoch_seed,
-                         frontend=config.model.frontend, state_cache=state_cache)
 
 
 def make_loader(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train: bool,
@@ -571,7 +508,8 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
             teacher.precompute([u.text for u in train_utts], progress=progress)
         barrier(info)
 
-    trainable = build_trainable(config, tokenizer.vocab_size, plm_width).to(info.device)
+    system = System.from_config(config, tokenizer, cmvn, teacher)
+    trainable = system.trainable.to(info.device)
     state_cache = None
     if trainable.from_bottom:
         state_cache = trainable.asr.encoder.make_bottom_cache(config.data.whisper_cache_dir)

@@ -1,0 +1,57 @@
+"""``System``: one object owns a trained recognizer and its transfer; both checkpoint kinds load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from otalign.data.manifest import read_manifest
+from otalign.models.export import CheckpointError
+from otalign.train.config import load_config
+from otalign.train.system import System
+from otalign.train.trainer import run
+from tests.train.conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, tmp_path_factory):
+    exp = tmp_path_factory.mktemp("system") / "uot"
+    overrides = tiny_overrides(tiny_corpus, exp, epochs=1) + ["teacher.layer=1-2", "teacher.center=true"]
+    final = run(load_config(None, overrides))
+    return exp, final
+
+
+def test_a_training_checkpoint_restores_the_whole_system(trained, tiny_corpus):
+    exp, _ = trained
+    system = System.load(exp / "epoch_1.pt")
+    assert system.kind == "training" and system.trainable.transfer is not None
+    assert system.config.teacher.layer == [1, 2] and system.config.teacher.center
+    # the teacher comes from the checkpoint's config, never a default one
+    assert system.teacher.teacher.layer == [1, 2] and system.teacher.center
+    saved = torch.load(exp / "epoch_1.pt", weights_only=True)["trainable"]
+    assert all(torch.equal(saved[k], v) for k, v in system.trainable.state_dict().items())
+    utterances = list(read_manifest(tiny_corpus / "test_noisy.jsonl"))[:4]
+    metrics = system.alignment_metrics(utterances)
+    assert metrics["num_utterances"] == 4 and metrics["num_tokens"] > 0
+    assert system.encode_fn().frame_s == system.frame_s == 0.04
+
+
+def test_an_inference_checkpoint_is_the_recognizer_only(trained, tiny_corpus, tmp_path):
+    exp, final = trained
+    full, export = System.load(exp / "epoch_1.pt"), System.load(final)
+    assert export.kind == "inference" and export.trainable.transfer is None
+    utterances = list(read_manifest(tiny_corpus / "test_clean.jsonl"))[:3]
+    assert len(export.transcribe(utterances)) == 3
+    with pytest.raises(ValueError, match="inference model holds the recognizer only"):
+        export.alignment_metrics(utterances)
+    # exporting the loaded training system gives the recognizer of the training checkpoint
+    full.export(tmp_path / "again.pt")
+    again = System.load(tmp_path / "again.pt")
+    assert again.transcribe(utterances) == full.transcribe(utterances)
+
+
+def test_a_foreign_file_is_one_error_naming_it(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match=r"foreign.pt is (not|neither) an otalign"):
+        System.load(path)

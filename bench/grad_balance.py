@@ -41,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from otalign.data.features import GlobalCMVN
     from otalign.text.tokenizer import CharTokenizer
-    from otalign.train.experiment import load_experiment, run_configs
+    from otalign.train.experiment import ExperimentConfig, run_configs
     from otalign.train.trainer import (DistInfo, build_teacher, build_trainable, compute_cmvn, compute_loss,
                                        kt_weight, load_manifests, lr_lambda, make_loader)
 
-    spec = load_experiment(args.config)
-    matches = [c for b, s, seed, c in run_configs(spec) if (b, s, seed) == (args.benchmark, args.system, spec["seeds"][0])]
+    spec = ExperimentConfig.load(args.config)
+    matches = [c for b, s, seed, c in run_configs(spec) if (b, s, seed) == (args.benchmark, args.system, spec.seeds[0])]
     if not matches:
         parser.error(f"no run {args.benchmark}/{args.system} in {args.config}")
     config = matches[0]

@@ -110,6 +110,8 @@ class ExperimentConfig:
     base: dict[str, Any] = field(default_factory=dict)
     attempts: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Like ``systems``, run only when ``--only`` names them."""
+    source: str = "experiment"
+    """Where this config was read from (the report names it)."""
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
@@ -147,7 +149,7 @@ class ExperimentConfig:
             benchmarks[name] = _mapping(bench.get("train"), where, f"benchmarks.{name}.train")
         return cls(seeds=list(seeds), systems=systems, benchmarks=benchmarks, **scalars,
                    jobs=check_jobs(d.get("jobs", 1), f"{where}: jobs"),
-                   prepare=_prepare(d.get("prepare"), where), base=base, attempts=attempts)
+                   prepare=_prepare(d.get("prepare"), where), base=base, attempts=attempts, source=where)
 
 
 def _text(value: Any) -> bool:

@@ -315,7 +315,7 @@ def write_report(spec: ExperimentConfig, out_md: Path) -> None:
             lines += targets + [""]
         attempts = [name for name in spec.attempts if name in systems]
         if attempts:
-            lines += [f"Attempts on `{bench}` (not part of the grid; settings in `conf/experiment.yaml`, "
+            lines += [f"Attempts on `{bench}` (not part of the grid; settings in `{spec.source}`, "
                       "'rel. CER vs ctc' against the same ctc mean):", ""]
             lines += benchmark_table(systems, ["ctc"] + attempts) + [""]
         unknown = sorted(set(systems) - set(spec.systems) - set(spec.attempts))

@@ -402,7 +402,7 @@ NOTES = """Notes:
   (symmetric, annealed) problem and POT's batch solver a balanced one: speed references only.
 - Memory: unrolled grows with iterations only by the tape of (B,T)/(B,N) vectors (plain autograd
   through a log-domain loop stores about two (B,T,N) tensors per iteration instead, 776 MiB at
-  500×60 and 100 iterations per the BRIEF)."""
+  500×60 and 100 iterations, the sizes of the issue's target)."""
 
 
 def write_section(body: str, command: str, iterations: int) -> None:

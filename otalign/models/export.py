@@ -1,6 +1,6 @@
 """Inference export: CTCModel weights + tokenizer + model config, and nothing else.
 
-The PLM, the adapter and the aligner exist only in training (BRIEF.md §1). The exported file is
+The PLM, the adapter and the aligner exist only in training (docs/architecture.md). The exported file is
 a ``torch.save`` dict::
 
     {"format": "otalign-inference-v1",

@@ -1,7 +1,7 @@
 """Frozen PLM teacher: token-level hidden states of a BERT-like encoder, loaded offline.
 
 The teacher is only used during training (the knowledge-transfer target z_1..z_N of
-BRIEF.md §1); the exported recogniser never contains it.
+the paper's method: docs/architecture.md); the exported recogniser never contains it.
 
 [CLS] and [SEP]
 ---------------

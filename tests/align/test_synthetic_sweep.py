@@ -25,12 +25,14 @@ def examples(teacher):
     return synthetic_examples(12, teacher=teacher, seed=1)
 
 
+@pytest.mark.slow
 def test_synthetic_utterances_have_at_least_30_percent_nonspeech_frames(examples):
     for e in examples:
         assert 1.0 - e.speech_fraction >= 0.3, e.id
         assert e.frame_states.shape == (e.num_frames, e.token_states.shape[1])
 
 
+@pytest.mark.slow
 def test_speech_frames_carry_their_own_wordpiece_state(examples):
     e = examples[0]
     words = span_frame_mask(e.word_spans, e.num_frames, e.frame_s)
@@ -48,6 +50,7 @@ def test_duration_model_rejects_bad_fractions():
         DurationModel(min_nonspeech=0.6, max_nonspeech=0.5)
 
 
+@pytest.mark.slow
 def test_uot_at_its_best_rho_reaches_the_detection_target_and_beats_ot(examples):
     rows = sweep(examples, aligners=("ot", "uot"), rhos=(0.01, 0.1, 1.0), epsilons=(0.02,), n_iter=200)
     ot = best_row(rows, "ot")
@@ -62,6 +65,7 @@ def test_uot_at_its_best_rho_reaches_the_detection_target_and_beats_ot(examples)
     assert chance["precision"] < 0.5 * ot["precision"]
 
 
+@pytest.mark.slow
 def test_larger_rho_forces_more_mass_onto_nonspeech(examples):
     rows = sweep(examples[:6], aligners=("uot",), rhos=(0.01, 0.3, 3.0), epsilons=(0.05,), n_iter=150)
     nonspeech = [r["mass_on_nonspeech"] for r in sorted(rows, key=lambda r: r["rho_frames"])]
@@ -101,6 +105,7 @@ def test_manifest_word_timings_are_used_as_given(teacher):
         examples_from_manifest([{**utterance, "id": "u2", "words": utterance["words"][:2]}], teacher=teacher)
 
 
+@pytest.mark.slow
 def test_align_command_synthetic_writes_table_pr_curve_and_heatmaps(tmp_path, teacher):
     report = align_command(None, None, str(tmp_path), aligners=["ot", "tot", "uot", "partial"], rhos=[0.01, 1.0],
                            epsilons=[0.05], synthetic=True, num_utterances=4, partial_masses=[0.5],

@@ -153,6 +153,7 @@ def _digest(corpus_dir):
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_synthesis_is_deterministic_for_a_seed_and_independent_of_jobs(tiny_corpus, tmp_path):
     corpus_dir, _ = tiny_corpus
     again = tmp_path / "again"

@@ -41,6 +41,7 @@ def _sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+@pytest.mark.slow
 def test_seed_0_tiny_corpus_is_the_recorded_one(tmp_path):
     if _NO_ESPEAK:
         pytest.skip(f"eSpeak NG unavailable: {_NO_ESPEAK}")

@@ -38,6 +38,7 @@ def test_broken_yaml_names_the_file_and_line(tmp_path):
         load_config(recipe)
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_and_exits_2_for_bad_config(tmp_path):
     recipe = tmp_path / "broken.yaml"
     recipe.write_text("optim: {epochs: [1\n")

@@ -36,7 +36,8 @@ EPOCHS = 4
 KILLED = -signal.SIGKILL
 TIMING_KEYS = {"epoch_time_s", "x_real_time"}
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
+              pytest.mark.slow]  # the module fixture trains and kills runs: about a minute
 
 
 def _config(root: Path) -> str:

@@ -124,6 +124,7 @@ def test_train_with_data_strict_stops_at_a_bad_line_naming_file_and_line(folder,
     _one_error_line(capsys, "train", f"{manifest}: {pattern}")
 
 
+@pytest.mark.slow
 def test_a_train_that_failed_on_a_broken_manifest_can_be_rerun_once_it_is_fixed(folder, capsys):
     path = _broken(folder, "a CSV file")
     config = _train_config(folder, path)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import soundfile as sf
 
 
@@ -18,6 +19,7 @@ def _locked(path):
         return True
 
 
+@pytest.mark.slow
 def test_concurrent_synth_into_one_folder_never_mixes(tmp_path):
     out = tmp_path / "corpus"
     args = ["--num-utterances", "2", "--num-dev", "1", "--num-test", "1", "--jobs", "1", "--no-progress"]

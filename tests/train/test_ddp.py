@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.train.conftest import tiny_overrides
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_train_and_agree(tiny_corpus, tmp_path):
     exp = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

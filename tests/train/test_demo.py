@@ -1,9 +1,12 @@
 """`make demo`'s driver, on the tiny corpus with a 1-layer model: every stage runs and reports."""
 
+import pytest
+
 from otalign.train.demo import run_demo
 from tests.train.conftest import tiny_overrides
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage(tiny_corpus, tmp_path, capsys):
     keep = [o for o in tiny_overrides(tiny_corpus, tmp_path / "demo", epochs=1)
             if o.split("=")[0] in {"data.feature_cache_dir", "teacher.cache_dir", "model.overrides", "optim.epochs",
@@ -55,4 +58,7 @@ def test_pr_plot_legends_cover_no_point(tmp_path):
                 checked += 1
                 assert not box.contains(x, y), f"the legend of '{ax.get_title()}' covers a point at {x:.0f},{y:.0f}"
     assert checked > 10
-    assert plot_pr_curves(_trained_model_rows(), tmp_path / "pr.png").stat().st_size > 0
+    import matplotlib.pyplot as plt
+
+    image = plt.imread(plot_pr_curves(_trained_model_rows(), tmp_path / "pr.png"))
+    assert image.ndim == 3 and min(image.shape[:2]) > 100 and image[..., :3].std() > 0.01, "a blank or tiny image"

@@ -18,6 +18,8 @@ from otalign.train.config import load_config
 from otalign.train.trainer import run
 from tests.train.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # every test reads a checkpoint its module fixture trains
+
 ALIGN = dict(aligners=["uot"], rhos=[1.0], epsilons=[0.1], num_utterances=3, num_heatmaps=0, n_iter=10)
 
 
@@ -109,3 +111,89 @@ def test_every_evaluation_path_takes_the_frame_length_from_the_model(layer0_ckpt
     assert metrics["num_tokens"] > 0
     assert set(frame_lengths) == {0.02}
     assert [t.layer for t in teachers] == [0]
+
+
+# ----------------------------------------------------------------------------- a non-default teacher
+NON_DEFAULT_TEACHER = ["teacher.layer=1-2", "teacher.center=true"]
+
+
+@pytest.fixture(scope="module")
+def mean12_centred(tiny_corpus, tmp_path_factory):
+    """A checkpoint trained on the centred mean of MiniLM layers 1 and 2, and the targets training
+    handed to the model: text -> the (n, D) states of its tokens."""
+    from otalign.train import trainer
+
+    exp = tmp_path_factory.mktemp("mean12_centred")
+    seen: dict[str, torch.Tensor] = {}
+    real = trainer.compute_loss
+
+    def spy(model, batch, tokenizer, teacher, device):
+        def forward(feats, feat_lengths, targets, target_lengths, plm_states, plm_mask):
+            if plm_states is not None:
+                for text, states, mask in zip(batch["texts"], plm_states, plm_mask):
+                    seen[text] = states[: int(mask.sum())].detach().clone()
+            return model(feats, feat_lengths, targets, target_lengths, plm_states, plm_mask)
+        return real(forward, batch, tokenizer, teacher, device)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "compute_loss", spy)
+        run(load_config(None, tiny_overrides(tiny_corpus, exp, epochs=1) + NON_DEFAULT_TEACHER + ["average_best=1"]))
+    assert seen, "training never handed targets to the model"
+    return exp / "epoch_1.pt", seen
+
+
+def test_training_evaluation_and_align_ckpt_use_the_same_non_default_targets(mean12_centred, tiny_corpus,
+                                                                               tmp_path, captured):
+    """Training, ``alignment_metrics`` and ``otalign align --ckpt`` score against the same states for a
+    checkpoint trained with ``teacher.layer: "1-2"`` and ``teacher.center: true``; each is also checked
+    against the states computed here from the PLM, so a path that built a default teacher (last layer,
+    not centred), dropped the centring or the layer range fails."""
+    import otalign.train.evaluate as evaluate
+    from otalign.cli import main
+    from otalign.text.teacher import center_per_utterance
+
+    ckpt, training = mean12_centred
+    manifest = tiny_corpus / "train.jsonl"  # the texts training saw, so the three paths can be compared
+    utterances = [u for u in read_manifest(manifest) if u.words][:4]
+    texts = [u.text for u in utterances]
+    assert set(texts) <= set(training), "training saw every train utterance"
+
+    # alignment_metrics from the checkpoint: the targets its transfer receives
+    trainable, config, cmvn = evaluate.load_trainable(ckpt)
+    assert config.teacher.layer == [1, 2] and config.teacher.center is True
+    metric_targets = {}
+
+    def record(module, args):
+        _, _, plm_states, plm_mask = args
+        for index, (states, mask) in enumerate(zip(plm_states, plm_mask)):
+            metric_targets[texts[index]] = states[: int(mask.sum())].detach().clone()
+
+    hook = trainable.transfer.register_forward_pre_hook(record)
+    try:
+        evaluate.alignment_metrics(trainable, config, cmvn, utterances, batch_size=len(utterances))
+    finally:
+        hook.remove()
+
+    # otalign align --ckpt: the targets of the examples it scores
+    assert main(["align", "--ckpt", str(ckpt), "--data", str(manifest), "--out", str(tmp_path / "align"),
+                 "--aligners", "uot", "--rho", "1", "--eps", "0.1", "--num-utterances", str(len(utterances)),
+                 "--num-heatmaps", "0"]) == 0
+    align_targets = {e.text: e.token_states for e in captured["examples"]}
+    assert list(align_targets) == texts and list(metric_targets) == texts
+
+    # computed here: the mean of hidden states 1 and 2, rounded as the cache stores them, centred
+    layers = PLMTeacher().encode_all_layers(texts)
+    mean12 = ((layers[1].states + layers[2].states) / 2).half().float()
+    expected = center_per_utterance(mean12, layers[1].mask)
+    wrong = {"the default teacher (last layer, raw)": layers[-1].states,
+             "layers 1-2 without centring": mean12,
+             "the last layer, centred": center_per_utterance(layers[-1].states, layers[-1].mask)}
+    for b, text in enumerate(texts):
+        n = int(layers[1].mask[b].sum())
+        for path, states in (("training", training[text]), ("alignment_metrics", metric_targets[text]),
+                             ("align --ckpt", align_targets[text])):
+            assert states.shape == (n, expected.shape[-1]), (path, text)
+            torch.testing.assert_close(states, training[text], atol=1e-6, rtol=0, msg=f"{path} vs training")
+            torch.testing.assert_close(states, expected[b, :n], atol=2e-3, rtol=0, msg=f"{path}: {text!r}")
+            for name, other in wrong.items():
+                assert not torch.allclose(states, other[b, :n], atol=0.05), f"{path} scored against {name}"

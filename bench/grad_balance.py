@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from otalign.data.features import GlobalCMVN
     from otalign.text.tokenizer import CharTokenizer
     from otalign.train.experiment import ExperimentConfig, run_configs
-    from otalign.train.trainer import (DistInfo, build_teacher, build_trainable, compute_cmvn, compute_loss,
-                                       kt_weight, load_manifests, lr_lambda, make_loader)
+    from otalign.train.trainer import (BatchMaker, DistInfo, build_teacher, build_trainable, compute_cmvn,
+                                       compute_loss, kt_weight, load_manifests, lr_lambda, make_loader, start_epoch)
 
     spec = ExperimentConfig.load(args.config)
     matches = [c for b, s, seed, c in run_configs(spec) if (b, s, seed) == (args.benchmark, args.system, spec.seeds[0])]
@@ -67,14 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     encoder_params = [p for p in trainable.asr.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
-    loader, _ = make_loader(train_utts, config, cmvn, train=True, info=info, epoch_seed=config.seed)
+    loader = make_loader(train_utts, config, cmvn, True, info, BatchMaker(tokenizer, teacher))
+    start_epoch(loader, config, 1, info)
     batches = iter(loader)
     probes = [next(batches) for _ in range(args.probe_batches)]
 
     def probe(step: int) -> dict:
         rows = []
         for batch in probes:
-            losses = compute_loss(trainable, batch, tokenizer, teacher, info.device)
+            losses = compute_loss(trainable, batch, info.device)
             g_ctc = _flat_grad(losses["ctc"], encoder_params)
             g_kt = _flat_grad(weight * (losses["kt"] + losses["aux"]), encoder_params)
             cos = float(torch.nn.functional.cosine_similarity(g_ctc, g_kt, dim=0))
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         except StopIteration:
             batches = iter(loader)
             batch = next(batches)
-        losses = compute_loss(trainable, batch, tokenizer, teacher, info.device)
+        losses = compute_loss(trainable, batch, info.device)
         loss = losses["ctc"] + kt_weight(config, step / max(len(loader), 1)) * (losses["kt"] + losses["aux"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

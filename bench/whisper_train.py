@@ -17,10 +17,11 @@ import time
 
 import torch
 
-from otalign.data.dataset import BucketBatchSampler, collate_batch
+from otalign.data.dataset import BucketBatchSampler
 from otalign.data.manifest import read_manifest
 from otalign.train.config import load_config
-from otalign.train.trainer import DistInfo, build_teacher, build_tokenizer, build_trainable, compute_loss, make_dataset
+from otalign.train.trainer import (BatchMaker, DistInfo, build_teacher, build_tokenizer, build_trainable, compute_loss,
+                                   make_dataset)
 
 SYSTEMS = {"ctc": ["transfer.aligner=none"], "uot": ["transfer.aligner=uot", "transfer.rho_frames=0.3"],
            "ot": ["transfer.aligner=ot"]}
@@ -53,18 +54,20 @@ def main(argv: list[str] | None = None) -> None:
     config0, _, _, trainable0, _ = systems["ctc"]
     dataset = make_dataset(utts, config0, None, trainable=trainable0)
     sampler = BucketBatchSampler([u.duration for u in utts], max_seconds=40, shuffle=True, seed=0)
-    batches = [collate_batch([dataset[i] for i in b]) for b, _ in zip(sampler, range(args.batches))]
-    audio = sum(sum(u.duration for u in b["utterances"]) for b in batches)
-    for _, _, teacher, _, _ in systems.values():
+    chosen = [b for b, _ in zip(sampler, range(args.batches))]
+    audio = sum(utts[i].duration for b in chosen for i in b)
+    batches = {}
+    for name, (_, tokenizer, teacher, _, _) in systems.items():  # complete batches, as the trainer's loaders make them
         if teacher is not None:
-            teacher.precompute([t for b in batches for t in b["texts"]], progress=False)
+            teacher.precompute([utts[i].text for b in chosen for i in b], progress=False)
+        batches[name] = [BatchMaker(tokenizer, teacher)([dataset[i] for i in b]) for b in chosen]
 
     def step(name: str) -> float:
         config, tokenizer, teacher, trainable, optimizer = systems[name]
         trainable.train()
         start = time.perf_counter()
-        for batch in batches:
-            losses = compute_loss(trainable, batch, tokenizer, teacher, torch.device("cpu"))
+        for batch in batches[name]:
+            losses = compute_loss(trainable, batch, torch.device("cpu"))
             loss = losses["ctc"] + config.transfer.weight * (losses["kt"] + losses["aux"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in systems:
             times[name].append(step(name))
     print(f"{args.frontend}, freeze_layers={args.freeze_layers}, {args.batches} batches of <= 40 s "
-          f"({audio:.0f} s of audio, {sum(len(b['texts']) for b in batches)} utterances), 1 thread, "
+          f"({audio:.0f} s of audio, {sum(len(b) for b in chosen)} utterances), 1 thread, "
           f"{args.runs} interleaved runs")
     print("| system | median s per step | x real time | step / ctc step (median of per-run ratios) |")
     print("|---|---|---|---|")

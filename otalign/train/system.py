@@ -61,6 +61,8 @@ class Trainable(nn.Module):
         return self.asr(feats, feat_lengths, layer=self.layer if with_layer else None, from_bottom=self.from_bottom)
 
     def forward(self, feats, feat_lengths, targets, target_lengths, plm_states=None, plm_mask=None):
+        """The training loss: CTC (mean over the utterances CTC can score) and, with PLM states, the
+        transfer. Also returns what validation reads: the log-probabilities and per-utterance CTC."""
         transfer_on = self.transfer is not None and plm_states is not None
         out = self.encode(feats, feat_lengths, with_layer=transfer_on and self.layer is not None)
         ctc_per_utt, ctc_valid = self.asr.ctc_loss(out.log_probs, out.out_lengths, targets, target_lengths)
@@ -71,7 +73,9 @@ class Trainable(nn.Module):
             states = out.layer_states if out.layer_states is not None else out.states
             transferred = self.transfer(states, out.mask, plm_states, plm_mask)
             kt, aux, solver = transferred.kt_loss, transferred.aux_loss, transferred.solver
-        return {"ctc": ctc, "kt": kt, "aux": aux, "ctc_invalid": (~ctc_valid).sum(), "solver": solver}
+        return {"ctc": ctc, "kt": kt, "aux": aux, "ctc_invalid": (~ctc_valid).sum(), "solver": solver,
+                "ctc_per_utt": ctc_per_utt, "ctc_valid": ctc_valid, "log_probs": out.log_probs,
+                "out_lengths": out.out_lengths}
 
 
 def build_teacher(config: TrainConfig) -> TeacherCache:

@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,12 +130,36 @@ def check_whisper_durations(utterances, config: TrainConfig, where: str) -> None
                          f"segments (manifest offset/duration) or drop them")
 
 
-def make_loader(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train: bool,
-                info: DistInfo, epoch_seed: int, state_cache=None) -> tuple[DataLoader, BucketBatchSampler]:
-    dataset = make_dataset(utterances, config, cmvn, train, epoch_seed, state_cache)
+class BatchMaker:
+    """The loaders' ``collate_fn``: batches arrive complete, with padded features, CTC targets and,
+    given a teacher, the PLM states of their texts (read from its cache)."""
+
+    def __init__(self, tokenizer: Tokenizer, teacher: TeacherCache | None = None):
+        self.tokenizer, self.teacher = tokenizer, teacher
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = collate_batch(items)
+        batch["targets"], batch["target_lengths"] = encode_targets(self.tokenizer, batch["texts"])
+        if self.teacher is not None:
+            plm = self.teacher.get(batch["texts"])
+            batch["plm_states"], batch["plm_mask"] = plm.states.float(), plm.mask
+        return batch
+
+
+def make_loader(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train: bool, info: DistInfo,
+                collate: BatchMaker, state_cache=None) -> DataLoader:
+    """Built once per run; :func:`start_epoch` reseeds it every epoch."""
+    dataset = make_dataset(utterances, config, cmvn, train, config.seed, state_cache)
     sampler = BucketBatchSampler([u.duration for u in utterances], max_seconds=config.data.max_batch_seconds,
                                  shuffle=train, seed=config.seed, num_replicas=info.world_size, rank=info.rank)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=0), sampler
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+
+
+def start_epoch(loader: DataLoader, config: TrainConfig, epoch: int, info: DistInfo) -> None:
+    """Seed an epoch: its batch order (the sampler) and its random draws per utterance (speed
+    factor, SpecAugment masks: the dataset's seed), different per epoch and per rank."""
+    loader.batch_sampler.set_epoch(epoch)
+    loader.dataset.seed = config.seed * 1000 + epoch + 7919 * info.rank
 
 
 def compute_cmvn(utterances, config: TrainConfig, progress: bool = True) -> GlobalCMVN:
@@ -195,32 +220,27 @@ def lr_lambda(config: TrainConfig):
     return factor
 
 
-def compute_loss(trainable: nn.Module, batch: dict, tokenizer: Tokenizer, teacher: TeacherCache | None,
-                 device: torch.device) -> dict[str, torch.Tensor]:
-    targets, target_lengths = encode_targets(tokenizer, batch["texts"])
-    plm_states = plm_mask = None
-    if teacher is not None:
-        out = teacher.get(batch["texts"])
-        plm_states, plm_mask = out.states.to(device).float(), out.mask.to(device)
-    return trainable(batch["feats"].to(device), batch["feat_lengths"].to(device), targets.to(device),
-                     target_lengths.to(device), plm_states, plm_mask)
+def compute_loss(trainable: nn.Module, batch: dict, device: torch.device, transfer: bool = True) -> dict[str, Any]:
+    """The training loss of a complete batch (:class:`BatchMaker`); ``transfer=False`` leaves the
+    transfer out (the warm start, validation)."""
+    plm = (batch["plm_states"].to(device), batch["plm_mask"].to(device)) if transfer and "plm_states" in batch \
+        else (None, None)
+    return trainable(batch["feats"].to(device), batch["feat_lengths"].to(device), batch["targets"].to(device),
+                     batch["target_lengths"].to(device), *plm)
 
 
 @torch.no_grad()
-def validate(trainable: Trainable, loader: DataLoader, tokenizer: Tokenizer, device: torch.device,
-             info: DistInfo) -> dict[str, float]:
-    """Dev CTC loss and greedy CER (computed on each rank's shard, reduced across ranks)."""
+def validate(trainable: Trainable, loader: DataLoader, tokenizer: Tokenizer, info: DistInfo) -> dict[str, float]:
+    """Dev CTC loss (the training loss without the transfer) and greedy CER, computed on each
+    rank's shard and reduced across ranks."""
     trainable.eval()
     loss_sum, count = 0.0, 0
     refs, hyps = {}, {}
     for batch in loader:
-        targets, target_lengths = encode_targets(tokenizer, batch["texts"])
-        out = trainable.encode(batch["feats"].to(device), batch["feat_lengths"].to(device))
-        per_utt, valid = trainable.asr.ctc_loss(out.log_probs, out.out_lengths, targets.to(device),
-                                                target_lengths.to(device))
-        loss_sum += per_utt[valid].sum().item()
-        count += int(valid.sum())
-        for uid, text, ids in zip(batch["ids"], batch["texts"], ctc_greedy(out.log_probs, out.out_lengths)):
+        out = compute_loss(trainable, batch, info.device, transfer=False)
+        loss_sum += out["ctc_per_utt"][out["ctc_valid"]].sum().item()
+        count += int(out["ctc_valid"].sum())
+        for uid, text, ids in zip(batch["ids"], batch["texts"], ctc_greedy(out["log_probs"], out["out_lengths"])):
             refs[uid], hyps[uid] = text, tokenizer.decode(ids)
     trainable.train()
     report = score(refs, hyps)
@@ -267,8 +287,10 @@ class EpochState:
 
 
 def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, optimizer, scheduler,
-                    tokenizer: Tokenizer, teacher: TeacherCache | None, config: TrainConfig,
-                    state: EpochState, info: DistInfo, writer, progress: bool = True) -> dict[str, float]:
+                    config: TrainConfig, state: EpochState, info: DistInfo, writer,
+                    progress: bool = True) -> dict[str, float]:
+    """One pass over the loader. ``model`` is what the step runs (the DDP wrapper under torchrun),
+    ``trainable`` the module itself (its aligner's eps is annealed here)."""
     model.train()
     totals = {"loss": 0.0, "ctc": 0.0, "kt": 0.0, "aux": 0.0, "batches": 0, "audio_s": 0.0,
               "ctc_invalid": 0, "bad_batches": 0, "solver_max_error": math.nan, "solver_converged": 0.0,
@@ -281,7 +303,7 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
         if config.transfer.eps_start is not None and hasattr(trainable.transfer.aligner, "eps"):
             trainable.transfer.aligner.eps = transfer_eps(config, state.epoch - 1 + index / num_batches)
         # During the warm start the transfer is not computed at all (no solver time, no adapter grads).
-        losses = compute_loss(model, batch, tokenizer, teacher if weight > 0 else None, info.device)
+        losses = compute_loss(model, batch, info.device, transfer=weight > 0)
         loss = losses["ctc"] + weight * (losses["kt"] + losses["aux"])
         # Every rank must take the same decision, or DDP's gradient all-reduce would hang.
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0])
@@ -546,18 +568,15 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
               f"frontend={config.model.frontend}, aligner={config.transfer.aligner}, "
               f"{len(train_utts)} train / {len(dev_utts)} dev utterances, world_size={info.world_size}")
 
-    dev_loader, _ = make_loader(dev_utts, config, cmvn, train=False, info=info, epoch_seed=config.seed,
-                                state_cache=state_cache)
+    train_loader = make_loader(train_utts, config, cmvn, True, info, BatchMaker(tokenizer, teacher), state_cache)
+    dev_loader = make_loader(dev_utts, config, cmvn, False, info, BatchMaker(tokenizer), state_cache)
     explained_ctc_impossible = False
     while state.epoch <= config.optim.epochs:
         torch.manual_seed(config.seed * 1000 + state.epoch + info.rank)
-        train_loader, sampler = make_loader(train_utts, config, cmvn, train=True, info=info,
-                                            epoch_seed=config.seed * 1000 + state.epoch + 7919 * info.rank,
-                                            state_cache=state_cache)
-        sampler.set_epoch(state.epoch)
-        metrics = train_one_epoch(model, trainable, train_loader, optimizer, scheduler, tokenizer, teacher,
-                                  config, state, info, writer, progress=progress)
-        metrics.update(validate(trainable, dev_loader, tokenizer, info.device, info))
+        start_epoch(train_loader, config, state.epoch, info)
+        metrics = train_one_epoch(model, trainable, train_loader, optimizer, scheduler, config, state, info, writer,
+                                  progress=progress)
+        metrics.update(validate(trainable, dev_loader, tokenizer, info))
         if info.is_main:
             metrics.update(dev_alignment(trainable, config, cmvn, dev_utts, teacher))
         metrics["step"] = state.step

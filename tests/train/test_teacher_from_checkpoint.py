@@ -127,13 +127,13 @@ def mean12_centred(tiny_corpus, tmp_path_factory):
     seen: dict[str, torch.Tensor] = {}
     real = trainer.compute_loss
 
-    def spy(model, batch, tokenizer, teacher, device):
+    def spy(model, batch, device, transfer=True):
         def forward(feats, feat_lengths, targets, target_lengths, plm_states, plm_mask):
             if plm_states is not None:
                 for text, states, mask in zip(batch["texts"], plm_states, plm_mask):
                     seen[text] = states[: int(mask.sum())].detach().clone()
             return model(feats, feat_lengths, targets, target_lengths, plm_states, plm_mask)
-        return real(forward, batch, tokenizer, teacher, device)
+        return real(forward, batch, device, transfer)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer, "compute_loss", spy)

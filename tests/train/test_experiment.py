@@ -79,6 +79,7 @@ def test_a_budget_that_is_not_a_positive_number_is_an_error(tmp_path, budget):
         ExperimentConfig.load(bad)
 
 
+@pytest.mark.slow
 def test_smoke_grid_runs_writes_results_and_resumes(tmp_path, monkeypatch):
     import shutil
     if shutil.which("espeak-ng") is None:
@@ -116,6 +117,7 @@ def test_jobs_that_is_not_a_positive_whole_number_is_an_error(tmp_path, jobs):
         run_experiment(good, jobs=jobs, dry_run=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_failed_runs_are_named_and_the_others_still_run(tmp_path, monkeypatch, capsys, jobs):
     """A missing manifest fails its runs; the grid goes on, then says which runs failed and why."""
@@ -304,6 +306,7 @@ def test_empty_alignment_columns_are_explained_only_when_no_transfer_run_was_sco
     assert alignment_note({"ctc": unscored["ctc"]}) == []  # plain CTC alone aligns nothing to score
 
 
+@pytest.mark.slow
 def test_the_grid_runs_unchanged_under_torchrun_with_each_run_on_both_ranks(tmp_path):
     import shutil
     import subprocess

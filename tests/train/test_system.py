@@ -12,6 +12,8 @@ from otalign.train.system import System
 from otalign.train.trainer import run
 from tests.train.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # trains a tiny system (about 5 s)
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_corpus, tmp_path_factory):

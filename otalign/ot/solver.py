@@ -35,8 +35,9 @@ iteration costs two ``bmm`` and a few (B,T)/(B,N) vector ops instead of two exp 
 An unpadded batch uses one kernel for both mat-vecs where its bounds allow
 (:meth:`_StabilisedKernel.share_row_kernel`), and on CPU a loop that autograd does not record
 (the forward of ``grad="implicit"`` and ``"unrolled"``, and any call without gradients) runs its
-vector arithmetic in NumPy on the same memory (:class:`_NumpyVectors`). Neither changes a number
-beyond rounding (``tests/ot/test_fast_paths.py``).
+vector arithmetic in NumPy on the same memory (:class:`_NumpyVectors`; without a tape, into
+buffers reused by every iteration, :meth:`_UnbalancedSteps._step_in_place`). Neither changes a
+number beyond rounding, and the buffers change none (``tests/ot/test_fast_paths.py``).
 """
 from __future__ import annotations
 
@@ -280,8 +281,9 @@ class _StabilisedKernel:
     padded entries get finite junk potentials (masked by the caller), never -inf or NaN.
     """
 
-    def __init__(self, problem: TransportProblem, numerics: _Numerics, psi_hat: Tensor, phi_hat: Optional[Tensor] = None) -> None:
-        """Builds ``K`` at ``psi_hat``; ``H`` at ``phi_hat`` now, or later by ``anchor_row_potential``."""
+    def __init__(self, problem: TransportProblem, numerics: _Numerics, psi_hat: Tensor, phi_hat: Optional[Tensor] = None, psi_hat_is_zero: bool = False) -> None:
+        """Builds ``K`` at ``psi_hat``; ``H`` at ``phi_hat`` now, or later by ``anchor_row_potential``.
+        ``psi_hat_is_zero``: the caller made ``psi_hat`` with ``zeros_like`` (no host sync to find out)."""
         self.threshold = threshold = numerics.anchor_threshold
         self.numpy_loop = numerics.numpy_loop
         # the LSE helpers tolerate a larger drift before rebuilding: accuracy is kept up to
@@ -296,19 +298,19 @@ class _StabilisedKernel:
         # -inf on the padding each kernel must ignore; the other side keeps finite placeholders
         self.log_k = torch.where(problem.col_mask[:, :, None], log_kernel_t, -math.inf) if problem.padded_cols else log_kernel_t
         self.log_h_t = torch.where(problem.row_mask[:, None, :], log_kernel_t, -math.inf) if problem.padded_rows else log_kernel_t
-        self.anchor_col_potential(psi_hat)
+        self.anchor_col_potential(psi_hat, psi_hat_is_zero)
         if phi_hat is not None:
             self.anchor_row_potential(phi_hat)
 
-    def anchor_col_potential(self, psi_hat: Tensor) -> None:
+    def anchor_col_potential(self, psi_hat: Tensor, is_zero: bool = False) -> None:
         """(Re)build the row-sum kernel ``K`` at column potential ``psi_hat`` (B,N)."""
         self.psi_hat = psi_hat.detach()
-        if self.n_rebuilds == 0 and not bool(self.psi_hat.any()):  # the first anchor is usually 0
-            self.row_shift = self.log_k.detach().amax(1)
+        if self.n_rebuilds == 0 and (is_zero or not bool(self.psi_hat.any())):  # the first anchor is usually 0
+            self.row_shift = _amax_middle(self.log_k.detach(), self.numpy_loop)
             shifted = self.log_k - self.row_shift[:, None, :]
         else:
             shifted = self.log_k + self.psi_hat[:, :, None]  # (B,N,T), fresh: safe to modify in place
-            self.row_shift = shifted.detach().amax(1)  # sigma (B,T); finite: every item has a valid column
+            self.row_shift = _amax_middle(shifted.detach(), self.numpy_loop)  # sigma (B,T); finite: every item has a valid column
             shifted.sub_(self.row_shift[:, None, :])
         self.row_kernel = _exp_(shifted, self.numpy_loop)
         self.n_rebuilds += 1
@@ -387,10 +389,13 @@ class _StabilisedKernel:
         """(B,1,T) ``u = exp(phi - phi_hat)`` -> (B,1,N) ``sum_i H_ij u_i``."""
         return torch.bmm(u, self.col_kernel_t.transpose(1, 2))
 
-    @staticmethod
-    def drifted(difference: Tensor, limit: float) -> bool:
-        """``max |difference| > limit`` (one host sync)."""
-        return difference.detach().abs().max().item() > limit
+    def drifted(self, difference: Tensor, limit: float) -> bool:
+        """``max |difference| > limit`` (one host sync; on CPU in NumPy, which dispatches ~5x
+        faster: abs and max are exact, so the answer is the same, NaN included: both propagate it)."""
+        difference = difference.detach()
+        if _untracked_cpu(difference, self.numpy_loop):
+            return float(np.abs(difference.numpy()).max()) > limit
+        return difference.abs().max().item() > limit
 
     def row_lse(self, psi: Tensor) -> Tensor:
         """(B,N) column potential -> (B,T) ``LSE_j (L_ij + psi_j)`` over valid j."""
@@ -443,6 +448,15 @@ def _exp_(x: Tensor, numpy_loop: bool) -> Tensor:
         np.exp(array, out=array)
         return x
     return x.exp_()
+
+
+def _amax_middle(x: Tensor, numpy_loop: bool) -> Tensor:
+    """``x.amax(1)`` of a (B,N,T) tensor that autograd does not track; in NumPy on CPU where
+    allowed (63 against 85 us at 250x30, B=32). A maximum is exact, so both give the same
+    numbers (the kernels hold no NaN: costs are checked finite)."""
+    if _untracked_cpu(x, numpy_loop):
+        return torch.from_numpy(x.numpy().max(axis=1))
+    return x.amax(1)
 
 
 def _transposed(x: Tensor, numpy_loop: bool) -> Tensor:
@@ -608,6 +622,8 @@ class _UnbalancedSteps:
     ``[e^-D, N e^D]`` and ``|log u| <= 2D + log N``, which keeps ``H^T u`` exact too.
     """
 
+    in_place = True  # NumPy loops without a tape use _step_in_place (tests switch it off to compare)
+
     def __init__(self, problem: TransportProblem, numerics: _Numerics, psi_hat: Optional[Tensor] = None) -> None:
         self.problem = problem
         self.threshold = numerics.anchor_threshold
@@ -616,10 +632,12 @@ class _UnbalancedSteps:
         self.tape: Optional[list] = None
         self.ops = _vectors_for(problem, numerics.numpy_loop)
         self._unchecked_left = 0  # iterations whose drift check may be skipped (see _needs_check)
+        self._buffers = None  # _step_in_place's reused vectors
         self._previous_log_v = self.ops.array(torch.zeros_like(problem.log_b)[:, None, :])
+        psi_hat_is_zero = psi_hat is None
         if psi_hat is None:
             psi_hat = torch.zeros_like(problem.log_b)
-        self.kernel = _StabilisedKernel(problem, numerics, psi_hat)
+        self.kernel = _StabilisedKernel(problem, numerics, psi_hat, psi_hat_is_zero=psi_hat_is_zero)
         if not self.kernel.share_row_kernel():
             self.kernel.anchor_row_potential(self.lam_rows * (problem.log_a - self.kernel.row_shift))
         self._refresh()
@@ -647,6 +665,8 @@ class _UnbalancedSteps:
 
     def step(self, state: _ScalingState) -> _ScalingState:
         k, ops = self.kernel, self.ops
+        if ops.numpy and self.tape is None and self.in_place:
+            return self._step_in_place(state)
         v = ops.exp(state.log_v)
         row_sums = ops.matmul(v, self.row_kernel)  # K v, see _StabilisedKernel.row_sums
         if self.lam_rows == 1.0:
@@ -669,6 +689,42 @@ class _UnbalancedSteps:
             self._refresh()
         return _ScalingState(u, u_anchor, log_v, k.psi_hat)
 
+    def _step_in_place(self, state: _ScalingState) -> _ScalingState:
+        """``step`` of a NumPy loop without a tape: the same operations in the same order, written
+        into five (B,1,.) buffers reused by every iteration instead of a fresh array per op (~1 us
+        an iteration at 250x30; bit-identical, ``tests/ot/test_fast_paths.py``). The returned
+        state's ``u`` and ``log_v`` are buffers, valid until the next step: the loop reads each
+        state before it steps again, and ``_needs_check`` copies what it keeps."""
+        k = self.kernel
+        if self._buffers is None:
+            batch, _, n_rows = self.c_row.shape
+            dtype, n_cols = self.c_row.dtype, self.log_c_col.shape[-1]
+            self._buffers = tuple(np.empty((batch, 1, length), dtype=dtype) for length in (n_cols, n_rows, n_rows, n_cols, n_cols))
+        v, row_sums, u, col_sums, log_v = self._buffers
+        np.exp(state.log_v, out=v)
+        np.matmul(v, self.row_kernel, out=row_sums)
+        if self.lam_rows == 1.0:
+            np.divide(self.c_row, row_sums, out=u)
+        else:  # exp2(log2 c - lam log2 s), as in step
+            np.log2(row_sums, out=row_sums)
+            np.multiply(row_sums, -self.lam_rows, out=row_sums)
+            row_sums += self.log2_c_row
+            np.exp2(row_sums, out=u)
+        u_anchor = k.phi_hat
+        np.matmul(u, self.col_kernel, out=col_sums)
+        np.log(col_sums, out=col_sums)
+        if self.lam_cols == 1.0:
+            np.subtract(self.log_c_col, col_sums, out=log_v)
+        else:
+            np.multiply(col_sums, -self.lam_cols, out=log_v)
+            log_v += self.log_c_col
+        if self._needs_check(log_v):
+            k.anchor_col_potential(k.psi_hat + torch.from_numpy(log_v)[:, 0, :])
+            log_v = log_v - log_v  # 0, a fresh array (the buffer is rewritten next step)
+            self._previous_log_v = log_v * 0
+            self._refresh()
+        return _ScalingState(u, u_anchor, log_v, k.psi_hat)
+
     def _needs_check(self, log_v: Tensor) -> bool:
         """``max |log v| > D``, without looking when it provably cannot be.
 
@@ -687,7 +743,8 @@ class _UnbalancedSteps:
         if drift > self.threshold:
             return True
         change = self.ops.max_abs(log_v - self._previous_log_v)
-        self._previous_log_v = log_v
+        # a copy where log_v is a buffer of _step_in_place (rewritten by the next step)
+        self._previous_log_v = log_v.copy() if self._buffers is not None else log_v
         # 1% and one iteration of margin for rounding in the log-sum-exps
         self._unchecked_left = min(50, int((self.threshold - drift) / (1.01 * change + 1e-6)) - 1)
         return False
@@ -703,9 +760,10 @@ class _UnbalancedSteps:
         not the slow drift of the potentials along ``(f + t, g - t)``."""
         return self.error(state, *_translate(self.problem, *self.potentials(state)))
 
-    def error(self, state: _ScalingState, phi: Tensor, psi: Tensor) -> Tensor:
-        """``residual`` given the iterate's translated potentials (``_result`` has them)."""
-        return _unbalanced_error(self.problem, self.kernel, phi, psi)
+    def error(self, state: _ScalingState, phi: Tensor, psi: Tensor, scaled: Optional[tuple] = None) -> Tensor:
+        """``residual`` given the iterate's translated potentials (``_result`` has them, and
+        their ``_scaled_potentials``: passing those saves recomputing them, same numbers)."""
+        return _unbalanced_error(self.problem, self.kernel, phi, psi, scaled)
 
 
 @dataclass
@@ -772,7 +830,7 @@ class _PartialSteps:
         iterate (see ``_partial_error``)."""
         return _partial_error(self.problem, self.kernel, state.x, state.y, state.z)
 
-    def error(self, state: _DykstraState, phi: Tensor, psi: Tensor) -> Tensor:
+    def error(self, state: _DykstraState, phi: Tensor, psi: Tensor, scaled: Optional[tuple] = None) -> Tensor:
         """``residual``: a function of the state alone (``phi, psi`` are its potentials)."""
         return self.residual(state)
 
@@ -1094,12 +1152,13 @@ def _translate(problem: TransportProblem, phi: Tensor, psi: Tensor) -> tuple[Ten
         return phi, psi
     eps = problem.eps
 
-    def log_mass(log_w: Tensor, potential: Tensor, rho: float, mask: Tensor) -> Tensor:
+    def log_mass(log_w: Tensor, potential: Tensor, rho: float, mask: Tensor, padded: bool) -> Tensor:
         terms = log_w if math.isinf(rho) else log_w - potential * (eps / rho)
-        return torch.where(mask, terms, -math.inf).logsumexp(-1)
+        # a mask without padding would select every term: skip the no-op where
+        return (torch.where(mask, terms, -math.inf) if padded else terms).logsumexp(-1)
 
     inverse_reach = (0.0 if math.isinf(rho_r) else eps / rho_r) + (0.0 if math.isinf(rho_c) else eps / rho_c)
-    shift = (log_mass(problem.log_a, phi, rho_r, problem.row_mask) - log_mass(problem.log_b, psi, rho_c, problem.col_mask)) / inverse_reach
+    shift = (log_mass(problem.log_a, phi, rho_r, problem.row_mask, problem.padded_rows) - log_mass(problem.log_b, psi, rho_c, problem.col_mask, problem.padded_cols)) / inverse_reach
     return phi + shift[:, None], psi - shift[:, None]
 
 
@@ -1110,16 +1169,27 @@ def _plan(problem: TransportProblem, phi: Tensor, psi: Tensor, numpy_loop: bool)
     return _exp_(log_plan.add_(problem.masked_log_kernel), numpy_loop)
 
 
-def _unbalanced_error(problem: TransportProblem, kernel: _StabilisedKernel, phi: Tensor, psi: Tensor) -> Tensor:
-    """See ``TransportResult.error`` (balanced / unbalanced)."""
-    row_marginal, col_marginal = kernel.marginals(phi, psi, problem)
+def _scaled_potentials(problem: TransportProblem, phi: Tensor, psi: Tensor) -> tuple:
+    """``(f, g, -f / rho_rows, -g / rho_cols)`` with ``f = eps * phi``, ``g = eps * psi`` masked;
+    an exponent is None where its rho is infinite or 0. The residual and the dual value both use
+    them (``_result`` computes them once for both)."""
     f = _masked(problem.eps * phi, problem.row_mask, problem.padded_rows)
     g = _masked(problem.eps * psi, problem.col_mask, problem.padded_cols)
+    row_exponent = -f / problem.rho_rows if math.isfinite(problem.rho_rows) and problem.rho_rows > 0 else None
+    col_exponent = -g / problem.rho_cols if math.isfinite(problem.rho_cols) and problem.rho_cols > 0 else None
+    return f, g, row_exponent, col_exponent
+
+
+def _unbalanced_error(problem: TransportProblem, kernel: _StabilisedKernel, phi: Tensor, psi: Tensor, scaled: Optional[tuple] = None) -> Tensor:
+    """See ``TransportResult.error`` (balanced / unbalanced). ``scaled``: ``_scaled_potentials``
+    of ``phi, psi`` if the caller has them."""
+    row_marginal, col_marginal = kernel.marginals(phi, psi, problem)
+    _, _, row_exponent, col_exponent = _scaled_potentials(problem, phi, psi) if scaled is None else scaled
     row_target, col_target = problem.a, problem.b
     if math.isfinite(problem.rho_rows):
-        row_target = problem.a * torch.exp(-f / problem.rho_rows) if problem.rho_rows > 0 else row_marginal
+        row_target = problem.a * torch.exp(row_exponent) if problem.rho_rows > 0 else row_marginal
     if math.isfinite(problem.rho_cols):
-        col_target = problem.b * torch.exp(-g / problem.rho_cols) if problem.rho_cols > 0 else col_marginal
+        col_target = problem.b * torch.exp(col_exponent) if problem.rho_cols > 0 else col_marginal
     return (row_marginal - row_target).abs().sum(-1) + (col_marginal - col_target).abs().sum(-1)
 
 
@@ -1153,15 +1223,18 @@ def _in_the_large_eps_limit(problem: TransportProblem) -> bool:
     return problem.max_scaled_cost < math.sqrt(torch.finfo(problem.cost.dtype).eps)
 
 
-def _dual_value(problem: TransportProblem, total_mass: Tensor, f: Tensor, g: Tensor) -> Tensor:
-    def conjugate_term(weights: Tensor, potential: Tensor, rho: float) -> Tensor:
+def _dual_value(problem: TransportProblem, total_mass: Tensor, scaled: tuple) -> Tensor:
+    """``D(f, g)`` (see ``TransportResult.value``) from ``scaled = _scaled_potentials(...)``."""
+    f, g, row_exponent, col_exponent = scaled
+
+    def conjugate_term(weights: Tensor, potential: Tensor, rho: float, exponent: Optional[Tensor]) -> Tensor:
         if math.isinf(rho):
             return (weights * potential).sum(-1)
         if rho == 0:
             return torch.zeros_like(potential[:, 0])
-        return -rho * (weights * torch.expm1(-potential / rho)).sum(-1)
+        return -rho * (weights * torch.expm1(exponent)).sum(-1)  # exponent = -potential / rho
 
-    return conjugate_term(problem.a, f, problem.rho_rows) + conjugate_term(problem.b, g, problem.rho_cols) - problem.eps * (total_mass - problem.reference_mass)
+    return conjugate_term(problem.a, f, problem.rho_rows, row_exponent) + conjugate_term(problem.b, g, problem.rho_cols, col_exponent) - problem.eps * (total_mass - problem.reference_mass)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1304,17 +1377,25 @@ def _make_problem(
 
     if cell_mask is not None:
         cost = torch.where(cell_mask, cost, 0.0)  # padding may hold anything (even NaN): drop it here
-    # one scalar reduction instead of a (B,T,N) isfinite pass; the exact check runs only if it fails
-    if not bool(torch.isfinite(cost.detach().sum())):
-        bad = (~torch.isfinite(cost.detach())).flatten(1).any(-1).nonzero().flatten().tolist()
-        if bad:
-            raise ValueError(f"cost has NaN or Inf on valid entries of batch item(s) {bad}")
-    if order_weight > 0:
+    given_cost = cost
+    if order_weight > 0:  # a finite prior: NaN and Inf stay where they are
         cost = cost + order_weight * temporal_order_cost(row_mask, col_mask, dtype=dtype)
+    # NaN/Inf: min and max propagate NaN and see +-Inf, so the one aminmax pass below (needed for
+    # max_scaled_cost anyway) is the finiteness check; the exact per-item check runs only if it fails
+    smallest, largest = torch.aminmax(cost.detach())  # one pass, no (B,T,N) temporary
+    smallest, largest = float(smallest), float(largest)
+    if not (math.isfinite(smallest) and math.isfinite(largest)):
+        bad = (~torch.isfinite(given_cost.detach())).flatten(1).any(-1).nonzero().flatten().tolist()
+        if bad:  # else a finite cost overflowed with the prior added: the overflow error below
+            raise ValueError(f"cost has NaN or Inf on valid entries of batch item(s) {bad}")
     if reference == "product" and row_weights is None and col_weights is None:
         # uniform weights: log a_i + log b_j = -log(T_b N_b) on valid cells, one pass over (B,T,N)
         # (padded cells get the same finite placeholder)
-        log_reference = -torch.log(row_mask.sum(-1).to(dtype) * col_mask.sum(-1).to(dtype))
+        if row_mask_given or col_mask_given:
+            counts = row_mask.sum(-1).to(dtype) * col_mask.sum(-1).to(dtype)
+        else:  # all valid: the same (B,) tensor of T * N in one op (both correctly rounded)
+            counts = torch.full((batch,), float(n_rows * n_cols), dtype=dtype, device=device)
+        log_reference = -torch.log(counts)
         log_kernel = torch.add(log_reference[:, None, None], cost, alpha=-1.0 / eps)
     else:
         log_kernel = cost * (-1.0 / eps)  # fresh tensor: the in-place adds below are safe for autograd
@@ -1323,8 +1404,7 @@ def _make_problem(
     # A finite cost / eps can still be beyond the dtype (1e36 / 0.05 in fp32): the log-domain
     # iteration adds and subtracts numbers of size |C|/eps, so once |C|/eps * machine epsilon
     # exceeds 1 the plan's entries are wrong by more than a factor e (or overflow to NaN).
-    smallest, largest = torch.aminmax(cost.detach())  # one pass, no (B,T,N) temporary
-    max_scaled_cost = max(-float(smallest), float(largest)) / eps
+    max_scaled_cost = max(-smallest, largest) / eps
     if not max_scaled_cost * torch.finfo(dtype).eps <= 1.0:
         scaled = cost.detach().abs().flatten(1).amax(-1) / eps
         bad = (~(scaled * torch.finfo(dtype).eps <= 1.0)).nonzero().flatten().tolist()
@@ -1560,14 +1640,15 @@ def _numerics(problem: TransportProblem, anchor_threshold: Optional[float], *fla
 def _result(problem: TransportProblem, steps, state, phi: Tensor, psi: Tensor, n_iter: int, rule: _StoppingRule, numerics: _Numerics, squeeze: bool) -> TransportResult:
     """The plan, potentials, value and residual at the (translated) potentials ``phi, psi``."""
     plan = _plan(problem, phi, psi, numerics.numpy_loop)
-    f = _masked(problem.eps * phi, problem.row_mask, problem.padded_rows)
-    g = _masked(problem.eps * psi, problem.col_mask, problem.padded_cols)
+    scaled = _scaled_potentials(problem, phi, psi)  # f, g and the exponents of the residual and the value
+    f, g = scaled[0], scaled[1]
     with torch.no_grad():
-        error = steps.error(state, phi.detach(), psi.detach())  # the stopping rule's residual, at phi, psi
+        # the stopping rule's residual, at phi, psi (the same scaled potentials, detached)
+        error = steps.error(state, phi.detach(), psi.detach(), tuple(None if t is None else t.detach() for t in scaled))
     if _in_the_large_eps_limit(problem):
         value = (problem.cost * plan).sum((-2, -1))
     elif problem.partial_mass is None:
-        value = _dual_value(problem, plan.sum((-2, -1)), f, g)
+        value = _dual_value(problem, plan.sum((-2, -1)), scaled)
     else:
         # <C,P> + eps KL(P|R) = <P, f ⊕ g> - eps (sum P - sum R), since eps log(P/R) = f + g - C
         value = (plan.sum(-1) * f).sum(-1) + (plan.sum(-2) * g).sum(-1) - _eps_mass(problem, plan)

@@ -189,3 +189,36 @@ def test_implicit_gradient_from_the_kernels_equals_the_log_kernel_one(kwargs, pa
     for fast, slow in zip(*grads):
         assert bool(torch.isfinite(fast).all())
         torch.testing.assert_close(fast, slow, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kwargs", [dict(rho_rows=0.3), dict(), dict(rho_rows=3.0, rho_cols=0.5), dict(rho_rows=1.0, tol=1e-4)], ids=["semi-relaxed", "balanced", "unbalanced", "tol"])
+def test_in_place_numpy_step_is_bit_identical(monkeypatch, dtype, kwargs):
+    """``_UnbalancedSteps._step_in_place`` (reused buffers) gives exactly the numbers of the
+    allocating NumPy step, re-anchoring included (a low anchor threshold forces it)."""
+    generator = torch.Generator().manual_seed(16)
+    cost = (torch.rand(4, 37, 9, generator=generator) * 2).to(dtype)
+    outputs = []
+    for in_place in (True, False):
+        monkeypatch.setattr(solver_module._UnbalancedSteps, "in_place", in_place)
+        res = solve(cost, eps=0.02, max_iter=120, _anchor_threshold=2.0, **kwargs)
+        outputs.append((res.plan, res.row_potential, res.col_potential, res.value, res.error, res.converged, torch.tensor(res.n_iter)))
+    for fast, slow in zip(*outputs):
+        assert torch.equal(fast, slow)
+
+
+def test_non_finite_cost_found_by_the_aminmax_pass():
+    """NaN/Inf on a valid cell is named (the finiteness check is the aminmax pass), with or
+    without the order prior; padded NaN is ignored."""
+    cost = torch.rand(3, 8, 5)
+    for bad in (math.nan, math.inf, -math.inf):
+        broken = cost.clone()
+        broken[1, 2, 3] = bad
+        for order_weight in (0.0, 0.5):
+            with pytest.raises(ValueError, match=r"NaN or Inf on valid entries of batch item\(s\) \[1\]"):
+                solve(broken, order_weight=order_weight)
+        row_mask = torch.ones(3, 8, dtype=torch.bool)
+        row_mask[1, 2] = False
+        assert bool(torch.isfinite(solve(broken, row_mask, rho_rows=1.0).plan).all())
+    with pytest.raises(ValueError, match="overflows"):
+        solve(torch.full((1, 4, 3), 3e38), order_weight=1e38, eps=1.0)

@@ -215,14 +215,14 @@ def write_table(rows: Sequence[Mapping], out_dir: str | Path, name: str = "metri
     return csv_path, md_path
 
 
+_KNOB_LABELS = {"rho_frames": "rho", "partial_mass": "m", "order_weight": "w"}
+
+
 def _panel_label(row: Mapping) -> str:
-    if row["aligner"] == "uot":
-        return f"uot rho={_cell(row['rho_frames'])} eps={row['eps']:g}"
-    if row["aligner"] == "partial":
-        return f"partial m={row['partial_mass']:g} eps={row['eps']:g}"
-    if row["aligner"] == "tot":
-        return f"tot w={row['order_weight']:g} eps={row['eps']:g}"
-    return f"ot eps={row['eps']:g}"
+    knob = ALIGNERS[row["aligner"]].knob
+    shown = _cell(row[knob]) if knob == "rho_frames" else f"{row[knob]:g}" if knob else ""  # rho may be inf
+    value = f" {_KNOB_LABELS[knob]}={shown}" if knob else ""
+    return f"{row['aligner']}{value} eps={row['eps']:g}"
 
 
 def run_alignment_report(

@@ -71,6 +71,7 @@ def test_converged_unbalanced_items_carry_a_certificate(seed, shape, eps, rho_ro
     eps=st.sampled_from([0.05, 0.1, 0.3]),
     mass_fraction=st.floats(0.2, 0.95),
 )
+@pytest.mark.slow
 def test_converged_partial_items_carry_a_certificate(seed, shape, eps, mass_fraction):
     data = random_padded_batch(seed, *shape)
     res = solve(data.cost, data.row_mask, data.col_mask, eps=eps, partial_mass=mass_fraction, max_iter=20000, tol=1e-11)
@@ -96,6 +97,7 @@ def test_converged_partial_items_carry_a_certificate(seed, shape, eps, mass_frac
         assert np.abs(slack_rows * x).sum() <= 1e-8 and np.abs(slack_cols * y).sum() <= 1e-8
 
 
+@pytest.mark.slow
 def test_partial_converged_means_optimal_not_only_feasible():
     """The audit's failure: feasibility residual 2e-15 while the plan was 1e-4 from the optimum.
     With the optimality residual (default tol 1e-6 in fp64, in units of mass), every item called

@@ -104,6 +104,7 @@ def test_gradients_reach_weights_without_nan_through_padding():
     assert bool((grads[0][~data.row_mask] == 0).all()) and bool((grads[1][~data.col_mask] == 0).all())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [dict(), dict(rho_rows=0.7), dict(rho_rows=0.7, rho_cols=3.0, reference="ones"), dict(partial_mass=0.6), dict(order_weight=0.5, rho_rows=0.7)])
 def test_unrolled_gradient_passes_gradcheck_fp64(kwargs):
     """Unrolled mode is the exact derivative of the truncated iteration. (last_step is by design
@@ -169,6 +170,7 @@ def test_all_but_one_padded_row():
     assert _finite(grad_cost, res.plan, res.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [dict(), dict(rho_rows=1.0), dict(rho_rows=1e-3), dict(partial_mass=0.5), dict(rho_rows=1.0, reference="ones")])
 @pytest.mark.parametrize("grad", ["unrolled", "last_step"])
 def test_tiny_eps_in_fp32_stays_finite(kwargs, grad):

@@ -133,6 +133,7 @@ def test_semi_relaxed_matches_pot_across_rho_rows(rho_rows):
         np.testing.assert_allclose(res.plan[item, :t, :n].numpy(), plan, atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rho", [(INF, INF), (0.5, INF), (0.3, 2.0)])
 @pytest.mark.parametrize("reference", ["product", "ones"])
 def test_value_is_the_objective_of_pots_plan_at_convergence(rho, reference):

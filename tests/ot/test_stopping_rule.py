@@ -23,6 +23,7 @@ def _problem(seed: int = 3):
     return data.cost, data.row_mask, data.col_mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad", ["implicit", "unrolled", "last_step", None], ids=["implicit", "unrolled", "last_step", "no-grad"])
 @pytest.mark.parametrize("kwargs", VARIANTS.values(), ids=VARIANTS.keys())
 def test_the_early_stop_and_converged_use_one_residual_and_one_tol(kwargs, grad):

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from otalign.text.tokenizer import CharTokenizer
     from otalign.train.experiment import ExperimentConfig, run_configs
     from otalign.train.trainer import (BatchMaker, DistInfo, build_teacher, build_trainable, compute_cmvn,
-                                       compute_loss, kt_weight, load_manifests, lr_lambda, make_loader, start_epoch)
+                                       compute_loss, kt_weight, load_manifests, lr_lambda, make_loader, seed_epoch)
 
     spec = ExperimentConfig.load(args.config)
     matches = [c for b, s, seed, c in run_configs(spec) if (b, s, seed) == (args.benchmark, args.system, spec.seeds[0])]
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     loader = make_loader(train_utts, config, cmvn, True, info, BatchMaker(tokenizer, teacher))
-    start_epoch(loader, config, 1, info)
+    seed_epoch(loader, config, 1, info)
     batches = iter(loader)
     probes = [next(batches) for _ in range(args.probe_batches)]
 

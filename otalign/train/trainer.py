@@ -18,9 +18,9 @@ import os
 import random
 import sys
 import time
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,14 +148,14 @@ class BatchMaker:
 
 def make_loader(utterances, config: TrainConfig, cmvn: GlobalCMVN | None, train: bool, info: DistInfo,
                 collate: BatchMaker, state_cache=None) -> DataLoader:
-    """Built once per run; :func:`start_epoch` reseeds it every epoch."""
+    """Built once per run; `seed_epoch` reseeds it every epoch."""
     dataset = make_dataset(utterances, config, cmvn, train, config.seed, state_cache)
     sampler = BucketBatchSampler([u.duration for u in utterances], max_seconds=config.data.max_batch_seconds,
                                  shuffle=train, seed=config.seed, num_replicas=info.world_size, rank=info.rank)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
 
 
-def start_epoch(loader: DataLoader, config: TrainConfig, epoch: int, info: DistInfo) -> None:
+def seed_epoch(loader: DataLoader, config: TrainConfig, epoch: int, info: DistInfo) -> None:
     """Seed an epoch: its batch order (the sampler) and its random draws per utterance (speed
     factor, SpecAugment masks: the dataset's seed), different per epoch and per rank."""
     loader.batch_sampler.set_epoch(epoch)
@@ -573,7 +573,7 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
     explained_ctc_impossible = False
     while state.epoch <= config.optim.epochs:
         torch.manual_seed(config.seed * 1000 + state.epoch + info.rank)
-        start_epoch(train_loader, config, state.epoch, info)
+        seed_epoch(train_loader, config, state.epoch, info)
         metrics = train_one_epoch(model, trainable, train_loader, optimizer, scheduler, config, state, info, writer,
                                   progress=progress)
         metrics.update(validate(trainable, dev_loader, tokenizer, info))

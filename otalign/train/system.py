@@ -180,6 +180,10 @@ class System:
         meta = inference.meta or {}
         config = _from_dict(TrainConfig, meta["config"], "") if isinstance(meta.get("config"), dict) else TrainConfig()
         config.transfer.aligner = "none"  # an inference model carries no adapter or aligner
+        # the model's own config says how its input is read, whatever the stored training config says
+        model = inference.config
+        config.model.frontend = model.get("frontend", "fbank")
+        config.model.freeze_layers, config.model.pool = int(model.get("freeze_layers", 0)), int(model.get("pool", 1))
         trainable = Trainable(inference.model, None, from_bottom=False)
         cmvn = GlobalCMVN.from_dict(inference.cmvn) if inference.cmvn else None
         return cls(config, trainable.eval(), inference.tokenizer, cmvn, str(path), "inference")

@@ -149,3 +149,21 @@ def test_eps_anneals_geometrically_after_the_warm_start():
     assert transfer_eps(load_config(None, ["transfer.eps=0.05"]), 0.7) == 0.05
     with pytest.raises(ConfigError, match="detach_plan applies to the OT aligners"):
         load_config(None, ["transfer.aligner=cif", "transfer.detach_plan=true"])
+
+
+def test_a_whisper_export_loads_as_a_system_that_reads_log_mel(tiny_corpus, tmp_path):
+    from otalign.data.manifest import read_manifest
+    from otalign.models.asr import CTCModel
+    from otalign.text.tokenizer import CharTokenizer
+    from otalign.train.system import System
+
+    tokenizer = CharTokenizer()
+    model = CTCModel(tokenizer.vocab_size, frontend="whisper-tiny.en", freeze_layers=3).eval()
+    # an export without a training config (as another tool might write it): the model config decides
+    torch.save({"model": model.state_dict(), "model_config": model.config, "tokenizer": tokenizer.to_dict(),
+                "cmvn": None}, tmp_path / "w.pt")
+    system = System.load(tmp_path / "w.pt")
+    assert system.kind == "inference" and system.config.model.frontend == "whisper-tiny.en"
+    utts = list(read_manifest(tiny_corpus / "dev.jsonl"))[:2]
+    assert system.dataset(utts)[0]["feats"].shape[1] == 80 and system.frame_s == pytest.approx(0.02)
+    assert len(system.transcribe(utts)) == 2

@@ -322,7 +322,8 @@ def write_report(spec: ExperimentConfig, out_md: Path) -> None:
         if unknown:
             lines += [f"Results under `{results_dir / bench}` for names this config does not define (not shown): "
                       + ", ".join(f"`{name}`" for name in unknown), ""]
-        png = out_md.parent / "img" / "results" / f"{bench}_rho.png"
+        # one image folder per report (img/results/ for results.md), so two grids never share a plot
+        png = out_md.parent / "img" / out_md.stem / f"{bench}_rho.png"
         if plot_rho(systems, png, f"{bench}: CER and alignment against rho"):
             lines += [f"![CER and precision/recall against rho]({png.relative_to(out_md.parent).as_posix()})", ""]
     if discussion.exists():

@@ -1437,23 +1437,24 @@ def _run_plain(problem: TransportProblem, rule: _StoppingRule, numerics: _Numeri
     return (*steps.potentials(state), steps, state, n_iter)
 
 
-def _run_implicit(problem: TransportProblem, rule: _StoppingRule, numerics: _Numerics):
-    """The loop on a detached copy; :class:`_ImplicitSinkhorn` differentiates its end point."""
+def _run_detached(problem: TransportProblem, rule: _StoppingRule, numerics: _Numerics, make_steps, function):
+    """The loop on a detached copy of the problem; ``function`` (an autograd Function) returns its
+    end point and supplies the backward pass."""
     with torch.no_grad():
-        steps = _steps_for(_detached(problem), numerics)
+        steps = make_steps(_detached(problem), numerics)
     run = _LoopRun(steps, rule, numerics)
-    phi, psi = _ImplicitSinkhorn.apply(problem.log_kernel, problem.log_a, problem.log_b, run)
+    phi, psi = function.apply(problem.log_kernel, problem.log_a, problem.log_b, run)
     return phi, psi, steps, run.state, run.n_iter
+
+
+def _run_implicit(problem: TransportProblem, rule: _StoppingRule, numerics: _Numerics):
+    """:class:`_ImplicitSinkhorn` differentiates the loop's end point."""
+    return _run_detached(problem, rule, numerics, _steps_for, _ImplicitSinkhorn)
 
 
 def _run_unrolled(problem: TransportProblem, rule: _StoppingRule, numerics: _Numerics):
-    """(Semi-)unbalanced OT: the loop on a detached copy; :class:`_UnrolledSinkhorn` supplies
-    the exact reverse pass."""
-    with torch.no_grad():
-        steps = _UnbalancedSteps(_detached(problem), numerics)
-    run = _LoopRun(steps, rule, numerics)
-    phi, psi = _UnrolledSinkhorn.apply(problem.log_kernel, problem.log_a, problem.log_b, run)
-    return phi, psi, steps, run.state, run.n_iter
+    """(Semi-)unbalanced OT: :class:`_UnrolledSinkhorn` supplies the exact reverse pass."""
+    return _run_detached(problem, rule, numerics, _UnbalancedSteps, _UnrolledSinkhorn)
 
 
 def _run_last_step(problem: TransportProblem, rule: _StoppingRule, numerics: _Numerics):

@@ -40,6 +40,10 @@ class DataConfig:
     """Duration budget of one batch, in seconds of audio (duration-bucketed batching)."""
     strict: bool = False
     """Bad utterances are an error instead of a counted skip."""
+    max_train_seconds: float | None = None
+    """Training utterances longer than this are skipped, each named in the log and counted (as
+    WeNet's ``max_length`` filter); None keeps all. Dev and test utterances are never filtered:
+    one too long for the front end is an error naming it."""
     whisper_cache_dir: str = "exp/cache/whisper"
     """Where the frozen bottom layers' Whisper states are cached per utterance (keyed on the front
     end, its package versions, freeze_layers, pooling, dtype and the audio; see docs/frontends.md)."""
@@ -375,6 +379,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "dev_alignment_utterances": (0, math.inf, True, False, False),
     "threads": (0, 4096, True, True, False),
     "data.max_batch_seconds": (0, math.inf, False, False, False),
+    "data.max_train_seconds": (0, math.inf, False, False, True),
     "model.dropout": (0, 1, True, False, False),
     "model.sentencepiece_vocab": (2, math.inf, True, False, False),
     "transfer.weight": (0, math.inf, True, False, False),

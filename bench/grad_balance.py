@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from otalign.data.features import GlobalCMVN
+    from otalign.text.cache import targets_from_config
     from otalign.text.tokenizer import CharTokenizer
     from otalign.train.experiment import ExperimentConfig, run_configs
-    from otalign.train.trainer import (BatchMaker, DistInfo, build_teacher, build_trainable, compute_cmvn,
+    from otalign.train.trainer import (BatchMaker, DistInfo, build_trainable, compute_cmvn,
                                        compute_loss, kt_weight, load_manifests, lr_lambda, make_loader, seed_epoch)
 
     spec = ExperimentConfig.load(args.config)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     cmvn_path = Path(config.exp_dir) / "cmvn.json"
     cmvn = GlobalCMVN.load(cmvn_path) if cmvn_path.exists() else compute_cmvn(train_utts, config)
     tokenizer = CharTokenizer()
-    teacher = build_teacher(config)
+    teacher = targets_from_config(config.teacher)
     trainable = build_trainable(config, tokenizer.vocab_size, teacher.teacher.width)
     encoder_params = [p for p in trainable.asr.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)

@@ -19,8 +19,9 @@ import torch
 
 from otalign.data.dataset import BucketBatchSampler
 from otalign.data.manifest import read_manifest
+from otalign.text.cache import targets_from_config
 from otalign.train.config import load_config
-from otalign.train.trainer import (BatchMaker, DistInfo, build_teacher, build_tokenizer, build_trainable, compute_loss,
+from otalign.train.trainer import (BatchMaker, DistInfo, build_tokenizer, build_trainable, compute_loss,
                                    make_dataset)
 
 SYSTEMS = {"ctc": ["transfer.aligner=none"], "uot": ["transfer.aligner=uot", "transfer.rho_frames=0.3"],
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, extra in SYSTEMS.items():
         config = load_config(None, common + extra)
         tokenizer = build_tokenizer(config, utts, None, info)
-        teacher = build_teacher(config) if config.transfer.aligner != "none" else None
+        teacher = targets_from_config(config.teacher) if config.transfer.aligner != "none" else None
         torch.manual_seed(0)
         trainable = build_trainable(config, tokenizer.vocab_size, teacher.teacher.width if teacher else None)
         optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=1e-4)

@@ -12,6 +12,11 @@ RTF counts model forward + search time over audio duration on ``threads`` thread
 features (fbank, or reading them from the feature cache) is timed apart as ``feature_rtf``.
 Utterances are decoded in batches of similar duration (the encoder is padding-invariant, so
 batching does not change any hypothesis); with an LM the search runs per utterance.
+
+The model comes from :class:`otalign.train.system.System` (``System.load(ckpt, recognizer_only=True)``),
+the one place a checkpoint becomes a model: this recipe is a command, and sits with the CLI above
+``System``; the search and scoring beside it (``decode.search``, ``decode.scoring``) are libraries
+that everything may use.
 """
 
 from __future__ import annotations
@@ -21,45 +26,27 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from otalign.data.dataset import SpeechDataset, collate_batch
-from otalign.data.features import AudioError, GlobalCMVN
+from otalign.data.features import AudioError
 from otalign.data.manifest import read_manifest
 from otalign.decode.scoring import RealTimeFactor, ScoreReport, git_hash, score, write_error_file, write_results
 from otalign.decode.search import decode_batch
-from otalign.models.asr import CTCModel
-from otalign.models.export import FORMAT, InferenceModel, inference_model_from_state
+
+if TYPE_CHECKING:
+    from otalign.train.system import System
 
 
-def load_for_decoding(ckpt: str | os.PathLike) -> InferenceModel:
-    """Load an inference export, the trainer's ``avg.pt``, or a training ``epoch_N.pt``.
+def load_recognizer(ckpt: "str | os.PathLike | System") -> "System":
+    """The recognizer of an inference export, the trainer's ``avg.pt`` or a training ``epoch_N.pt``
+    (``System.load(..., recognizer_only=True)``: no PLM is loaded, no aligner built); a System is
+    taken as it is."""
+    from otalign.train.system import System
 
-    ``epoch_N.pt`` holds ``"trainable"`` (the CTCModel under ``asr.``, plus training-only parts),
-    ``"config"`` (the training config as a dict, whose ``model`` section gives ``preset``,
-    ``dropout`` and ``overrides``), ``"tokenizer"`` and ``"cmvn"``; everything but the CTCModel
-    is dropped.
-    """
-    from otalign.models.export import CheckpointError, load_checkpoint
-
-    p = Path(ckpt)
-    d = load_checkpoint(p)  # weights_only: a file from elsewhere cannot run code; damage is one line
-    if isinstance(d, dict) and d.get("format") != FORMAT and "trainable" in d and "model_config" not in d:
-        try:
-            model_cfg = d["config"]["model"]
-            tokenizer = d["tokenizer"]
-            vocab_size = len(tokenizer["symbols"]) + 1 if tokenizer.get("kind") == "char" else None
-            if vocab_size is None:
-                from otalign.text.tokenizer import tokenizer_from_dict
-
-                vocab_size = tokenizer_from_dict(tokenizer).vocab_size
-            config = CTCModel.config_from_train(model_cfg, vocab_size)
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(f"checkpoint {p} is incomplete: it lacks {e} needed to rebuild the CTC model") from None
-        d = {"model": d["trainable"], "model_config": config, "tokenizer": tokenizer, "cmvn": d.get("cmvn"),
-             **{k: d[k] for k in ("git_hash", "config", "epoch") if k in d}}
-    return inference_model_from_state(d, source=str(p))
+    return ckpt if isinstance(ckpt, System) else System.load(ckpt, recognizer_only=True)
 
 
 UNDER_OUT_DIR = type("UnderOutDir", (), {"__repr__": lambda self: "OUT_DIR/cache/fbank"})()
@@ -68,7 +55,7 @@ UNDER_OUT_DIR = type("UnderOutDir", (), {"__repr__": lambda self: "OUT_DIR/cache
 
 
 def decode_manifest(
-    ckpt: str | os.PathLike,
+    ckpt: "str | os.PathLike | System",
     manifest: str | os.PathLike,
     out_dir: str | os.PathLike,
     method: str = "greedy",
@@ -85,7 +72,8 @@ def decode_manifest(
     """Decode every utterance of ``manifest``, score it, and write the four files (module docstring).
 
     Args:
-        ckpt: inference export, ``avg.pt`` or ``epoch_N.pt`` (see :func:`load_for_decoding`).
+        ckpt: inference export, ``avg.pt`` or ``epoch_N.pt``, or a loaded ``System`` (see
+            :func:`load_recognizer`).
         method: ``"greedy"`` or ``"beam"`` (prefix beam search with ``beam``).
         threads: torch threads while decoding (restored afterwards); None or 0 keeps the current.
         batch_size: utterances per forward pass (sorted by duration).
@@ -109,8 +97,8 @@ def decode_manifest(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if lm_path is not None and method != "beam":
         raise ValueError("an LM (lm_path) needs method='beam'")
-    inf = load_for_decoding(ckpt)
-    model, tokenizer = inf.model, inf.tokenizer
+    system = load_recognizer(ckpt)
+    model, tokenizer = system.asr, system.tokenizer
     result = read_manifest(manifest, strict=strict)
     utterances = list(result.utterances)
     skipped = [{"where": where, "reason": reason} for where, reason in result.skipped]
@@ -118,8 +106,8 @@ def decode_manifest(
         raise ValueError(f"manifest {manifest} has no usable utterance ({len(skipped)} line(s) skipped)")
     if feature_cache_dir is UNDER_OUT_DIR:
         feature_cache_dir = Path(out_dir) / "cache" / "fbank"
-    dataset = SpeechDataset(utterances, cache_dir=feature_cache_dir, cmvn=GlobalCMVN.from_dict(inf.cmvn) if inf.cmvn else None,
-                            frontend=inf.config.get("frontend", "fbank"))
+    # the whole recognizer on its own input (log-mel for Whisper, never a training cache of its bottom)
+    dataset = SpeechDataset(utterances, cache_dir=feature_cache_dir, cmvn=system.cmvn, frontend=system.config.model.frontend)
     lm_decoder = None
     if lm_path is not None:
         from otalign.decode.lm import LMBeamDecoder
@@ -178,10 +166,10 @@ def decode_manifest(
     Path(f"{stem}.hyp.txt").write_text("".join(f"{uid}\t{hyps[uid]}\n" for uid in sorted(hyps)), encoding="utf-8")
     write_error_file(f"{stem}.errors.txt", refs, hyps)
     config = {
-        "ckpt": str(ckpt), "manifest": str(manifest), "method": method, "beam": beam if method == "beam" else None,
+        "ckpt": system.source, "manifest": str(manifest), "method": method, "beam": beam if method == "beam" else None,
         "lm": str(lm_path) if lm_path else None, "lm_weight": lm_weight if lm_path else None,
-        "threads": threads, "batch_size": batch_size, "model_config": inf.config, "cmvn": inf.cmvn is not None,
-        "train_git_hash": (inf.meta or {}).get("git_hash"), "train_config": (inf.meta or {}).get("config"),
+        "threads": threads, "batch_size": batch_size, "model_config": model.config, "cmvn": system.cmvn is not None,
+        "train_git_hash": system.meta.get("git_hash"), "train_config": system.meta.get("config"),
         "audio_s": round(rtf.audio_s, 3), "decode_s": round(rtf.decode_s, 3), "feature_s": round(feature_rtf.decode_s, 3),
         **coverage, "skipped": skipped,
     }

@@ -6,7 +6,6 @@ adapter + aligner), the feature pipeline, the PLM cache and the detection metric
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,30 +14,9 @@ from otalign.align.metrics import aggregate_metrics, utterance_metrics
 from otalign.data.dataset import collate_batch
 from otalign.data.features import GlobalCMVN
 from otalign.data.manifest import Utterance
-from otalign.models.export import CheckpointError
 from otalign.text.cache import TeacherCache, targets_from_config
 from otalign.train.config import TrainConfig
 from otalign.train.trainer import Trainable, make_dataset
-
-
-def load_trainable(ckpt_path: str | Path) -> tuple[Trainable, TrainConfig, GlobalCMVN | None]:
-    """The training module (ASR + adapter + aligner) of an ``epoch_N.pt`` checkpoint, its config and
-    CMVN statistics: the parts of ``System.load`` (otalign.train.system) that scoring needs."""
-    from otalign.train.system import System
-
-    system = System.load(ckpt_path)
-    if system.kind != "training":
-        raise CheckpointError(f"{ckpt_path} is not a training checkpoint (epoch_N.pt); an inference export "
-                              f"(avg.pt) has no adapter or aligner to evaluate")
-    return system.trainable, system.config, system.cmvn
-
-
-def checkpoint_targets(config: TrainConfig) -> TeacherCache:
-    """The PLM targets a trained system was trained against, from its stored config: model,
-    layer(s) and centring (``otalign.text.cache.targets_from_config``). Every evaluation of a
-    trained aligner reads its targets here: :func:`alignment_metrics`, ``otalign align --ckpt``
-    and the demo's plots (both through :func:`make_encode_fn`), never a default teacher."""
-    return targets_from_config(config.teacher)
 
 
 def _adapter_inputs(trainable: Trainable, feats: torch.Tensor, feat_lengths: torch.Tensor):
@@ -60,7 +38,8 @@ def make_encode_fn(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN |
 
     The function carries what scoring its output needs, so no caller can pair it with the wrong
     teacher or frame rate: ``encode_fn.frame_s`` (the model's seconds per frame) and
-    ``encode_fn.targets()`` (:func:`checkpoint_targets`: the teacher the checkpoint was trained with).
+    ``encode_fn.targets()`` (``targets_from_config(config.teacher)``: the teacher the checkpoint was
+    trained with, never a default one).
     """
     if trainable.transfer is None or trainable.transfer.adapter is None:
         raise ValueError("this checkpoint was trained without an aligner (transfer.aligner=none): "
@@ -75,7 +54,7 @@ def make_encode_fn(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN |
         return adapted, out.mask
 
     encode.frame_s = float(trainable.asr.frame_s)
-    encode.targets = lambda: checkpoint_targets(config)
+    encode.targets = lambda: targets_from_config(config.teacher)
     encode.teacher_config = config.teacher
     return encode
 
@@ -86,9 +65,9 @@ def alignment_metrics(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMV
                       teacher: TeacherCache | None = None) -> dict[str, float]:
     """Detection metrics of the system's own aligner on utterances that carry word timings.
 
-    ``teacher``: the targets, ``None`` = :func:`checkpoint_targets` of ``config`` (a caller that
+    ``teacher``: the targets, ``None`` = ``targets_from_config(config.teacher)`` (a caller that
     already holds them, such as the trainer's per-epoch dev check, passes its own to skip a PLM load;
-    they must be ``checkpoint_targets(config)``'s, i.e. built by ``targets_from_config``).
+    they must be built by ``targets_from_config`` from the same config).
     Frames are ``trainable.asr.frame_s`` long."""
     if trainable.transfer is None:
         return {}
@@ -96,7 +75,7 @@ def alignment_metrics(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMV
     if not scored:
         raise ValueError("alignment metrics need utterances with ground-truth word spans (manifest 'words')")
     if teacher is None:
-        teacher = checkpoint_targets(config)
+        teacher = targets_from_config(config.teacher)
     frame_s = float(trainable.asr.frame_s)
     dataset = make_dataset(scored, config, cmvn, trainable=trainable)
     per_utterance = []

@@ -307,7 +307,7 @@ def _evaluate_and_record(spec: ExperimentConfig, bench: str, system: str, seed: 
     from otalign.data.manifest import read_manifest
     from otalign.decode.recipe import decode_manifest
     from otalign.train.checkpoint import rank_checkpoints, read_sidecars
-    from otalign.train.evaluate import alignment_metrics, load_trainable
+    from otalign.train.system import System
 
     exp_dir = Path(config.exp_dir)
     sidecars = read_sidecars(exp_dir)
@@ -317,12 +317,12 @@ def _evaluate_and_record(spec: ExperimentConfig, bench: str, system: str, seed: 
         tests[name] = {"cer": report.cer, "wer": report.wer, "num_utts": report.num_utts}
     alignment: dict[str, Any] = {}
     if config.transfer.aligner != "none":
-        trainable, _, cmvn = load_trainable(exp_dir / f"epoch_{rank_checkpoints(exp_dir)[0]['epoch']}.pt")
+        trained = System.load(exp_dir / f"epoch_{rank_checkpoints(exp_dir)[0]['epoch']}.pt")
         limit = spec.alignment_utterances
         for name, manifest in config.data.test_manifests.items():
             utterances = list(read_manifest(manifest))[:limit]
             if any(u.words for u in utterances):  # real corpora carry no word timings
-                metrics = alignment_metrics(trainable, config, cmvn, utterances)
+                metrics = trained.alignment_metrics(utterances)
                 alignment[name] = {k: metrics[k] for k in ("micro_precision", "micro_token_recall", "micro_f1",
                                                            "micro_mass_on_nonspeech", "micro_boundary_error_ms",
                                                            "num_without_word_spans")}

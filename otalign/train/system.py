@@ -40,7 +40,7 @@ from otalign.text.cache import TeacherCache, targets_from_config
 from otalign.text.tokenizer import Tokenizer, tokenizer_from_dict
 from otalign.train.config import TrainConfig, _from_dict, aligner_config, to_dict
 
-__all__ = ["System", "Trainable", "build_trainable", "build_teacher", "make_dataset"]
+__all__ = ["System", "Trainable", "build_trainable", "make_dataset"]
 
 
 # ----------------------------------------------------------------------------- the parts
@@ -78,17 +78,13 @@ class Trainable(nn.Module):
                 "out_lengths": out.out_lengths}
 
 
-def build_teacher(config: TrainConfig) -> TeacherCache:
-    """The PLM teacher behind its cache, as ``config.teacher`` describes it: the same function
-    every evaluation of a trained system uses (``otalign.text.cache.targets_from_config``)."""
-    return targets_from_config(config.teacher)
-
-
-def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None) -> Trainable:
+def build_trainable(config: TrainConfig, vocab_size: int, plm_width: int | None, with_transfer: bool = True) -> Trainable:
+    """The one place a model is built from a config: the CTC model (``CTCModel.config_from_train``)
+    and, with an aligner and ``with_transfer``, the adapter and aligner of the transfer."""
     asr = CTCModel(**CTCModel.config_from_train(to_dict(config)["model"], vocab_size))
     transfer = None
     t = config.transfer
-    if t.aligner != "none":
+    if t.aligner != "none" and with_transfer:
         if plm_width is None:
             raise ValueError("a PLM width is needed for transfer.aligner != 'none'")
         transfer = KnowledgeTransfer(aligner_config(t), asr.d_model, plm_width, loss=t.loss,
@@ -125,6 +121,8 @@ class System:
     source: str = "<new>"
     kind: str = "new"
     """'new' (from_config), 'training' (a training checkpoint) or 'inference' (an export: no transfer)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Provenance of a loaded system: the training git hash, epoch(s) and the training config as stored."""
     _teacher: TeacherCache | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -137,24 +135,25 @@ class System:
             teacher = targets_from_config(config.teacher)
         width = teacher.teacher.width if teacher is not None else None
         trainable = build_trainable(config, tokenizer.vocab_size, width)
-        return cls(config, trainable, tokenizer, cmvn, "<new>", "new", teacher)
+        return cls(config, trainable, tokenizer, cmvn, _teacher=teacher)
 
     @classmethod
-    def load(cls, path: str | Path) -> "System":
+    def load(cls, path: str | Path, recognizer_only: bool = False) -> "System":
         """A trained system from a training checkpoint (the whole system) or an inference export
-        (the recognizer only: ``transfer`` is None). A damaged, foreign or incomplete file is one
-        ``CheckpointError`` naming it."""
+        (the recognizer only: ``transfer`` is None). ``recognizer_only``: of a training checkpoint
+        too, load only the recognizer (what decoding needs: no PLM is loaded, no aligner built).
+        A damaged, foreign or incomplete file is one ``CheckpointError`` naming it."""
         path = Path(path)
         state = load_checkpoint(path)
         if isinstance(state, dict) and "trainable" in state:
-            return cls._from_training_state(state, path)
+            return cls._from_training_state(state, path, recognizer_only)
         if isinstance(state, dict) and (state.get("format") == FORMAT or {"model", "model_config"} <= set(state)):
             return cls._from_inference_state(state, path)
         keys = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is neither an otalign training checkpoint nor an inference model ({keys})")
 
     @classmethod
-    def _from_training_state(cls, state: dict[str, Any], path: Path) -> "System":
+    def _from_training_state(cls, state: dict[str, Any], path: Path, recognizer_only: bool) -> "System":
         missing = [k for k in ("config", "tokenizer") if k not in state]
         if missing:
             raise CheckpointError(f"checkpoint {path} is incomplete: it lacks {', '.join(map(repr, missing))}")
@@ -164,14 +163,20 @@ class System:
             raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {error}") from None
         tokenizer = tokenizer_from_dict(state["tokenizer"], source=str(path))
         cmvn = GlobalCMVN.from_dict(state["cmvn"]) if state.get("cmvn") else None
-        system = cls.from_config(config, tokenizer, cmvn)
+        weights = state["trainable"]
+        if recognizer_only:
+            system = cls(config, build_trainable(config, tokenizer.vocab_size, None, with_transfer=False), tokenizer, cmvn)
+            weights = {k: v for k, v in weights.items() if not k.startswith("transfer.")}
+        else:
+            system = cls.from_config(config, tokenizer, cmvn)
         try:
-            system.trainable.load_state_dict(state["trainable"])
+            system.trainable.load_state_dict(weights)
         except RuntimeError as error:
             raise CheckpointError(f"checkpoint {path}: its weights do not fit its config "
                                   f"({str(error).strip().splitlines()[0][:200]})") from None
         system.trainable.eval()
         system.source, system.kind = str(path), "training"
+        system.meta = {k: state[k] for k in ("git_hash", "epoch", "config") if k in state}
         return system
 
     @classmethod
@@ -186,7 +191,7 @@ class System:
         config.model.freeze_layers, config.model.pool = int(model.get("freeze_layers", 0)), int(model.get("pool", 1))
         trainable = Trainable(inference.model, None, from_bottom=False)
         cmvn = GlobalCMVN.from_dict(inference.cmvn) if inference.cmvn else None
-        return cls(config, trainable.eval(), inference.tokenizer, cmvn, str(path), "inference")
+        return cls(config, trainable.eval(), inference.tokenizer, cmvn, str(path), "inference", dict(meta))
 
     # ------------------------------------------------------------------ parts
     @property
@@ -254,6 +259,7 @@ class System:
     def _require_transfer(self, what: str) -> None:
         if self.trainable.transfer is None:
             why = ("an inference model holds the recognizer only" if self.kind == "inference"
-                   else "it was trained without one (transfer.aligner = none)")
+                   else "it was trained without one (transfer.aligner = none)" if self.config.transfer.aligner == "none"
+                   else "it was loaded with recognizer_only=True")
             raise ValueError(f"{what} needs the adapter and aligner, and {self.source} has none ({why}): "
                              f"load a training checkpoint (epoch_N.pt) of a run with an aligner")

@@ -35,14 +35,14 @@ from otalign.data.manifest import SkipCounter, read_manifest
 from otalign.decode.scoring import git_hash, score
 from otalign.decode.search import ctc_greedy
 from otalign.models.export import export_inference_model, load_checkpoint
-from otalign.text.cache import TeacherCache
+from otalign.text.cache import TeacherCache, targets_from_config
 from otalign.text.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from otalign.train.checkpoint import (ExpDirError, average_checkpoints, clear_run, newest_readable_checkpoint,
                                       rank_checkpoints, run_artifacts, save_checkpoint)
 from otalign.train.config import (RESUME_NEUTRAL_KEYS, TrainConfig, config_differences, read_yaml, save_config,
                                   to_dict)
 from otalign.train.config import validate as validate_config
-from otalign.train.system import System, Trainable, build_teacher, build_trainable, make_dataset  # noqa: F401
+from otalign.train.system import System, Trainable, build_trainable, make_dataset  # noqa: F401
 
 
 def progress_enabled(flag: bool | None = None) -> bool:
@@ -546,7 +546,7 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
     teacher = None
     plm_width = None
     if config.transfer.aligner != "none":
-        teacher = build_teacher(config)
+        teacher = targets_from_config(config.teacher)
         plm_width = teacher.teacher.width
         if info.is_main:
             teacher.precompute([u.text for u in train_utts], progress=progress)

@@ -71,11 +71,11 @@ def test_damaged_checkpoint_is_one_line_naming_the_file(real_checkpoint, tmp_pat
 
 
 def test_decode_and_align_use_the_safe_loader(tmp_path):
-    from otalign.decode.recipe import load_for_decoding
-    from otalign.train.evaluate import load_trainable
+    from otalign.decode.recipe import load_recognizer
+    from otalign.train.system import System
 
     bad = tmp_path / "avg.pt"
     bad.write_bytes(b"")
-    for loader in (load_for_decoding, load_trainable):
+    for loader in (load_recognizer, System.load):
         with pytest.raises(CheckpointError, match="empty"):
             loader(bad)

@@ -90,10 +90,10 @@ def test_adapter_hidden_builds_an_mlp_adapter_and_rejects_zero():
 
 
 def test_teacher_center_reaches_the_cache_and_must_be_a_bool(tmp_path):
-    from otalign.train.trainer import build_teacher
+    from otalign.text.cache import targets_from_config
 
     config = load_config(None, ["teacher.center=true", "transfer.aligner=uot", f"teacher.cache_dir={tmp_path}"])
     assert config.teacher.center is True
-    assert build_teacher(config).center is True
+    assert targets_from_config(config.teacher).center is True
     with pytest.raises(ValueError, match="teacher.center"):
         load_config(None, ["teacher.center=maybe"])

@@ -57,3 +57,21 @@ def test_a_foreign_file_is_one_error_naming_it(tmp_path):
     torch.save({"weights": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match=r"foreign.pt is (not|neither) an otalign"):
         System.load(path)
+
+
+def test_decoding_loads_the_recognizer_of_a_training_checkpoint_without_the_plm(trained, tiny_corpus, monkeypatch):
+    import otalign.train.system as system_module
+
+    exp, _ = trained
+    full = System.load(exp / "epoch_1.pt")
+    monkeypatch.setattr(system_module, "targets_from_config",
+                        lambda *a: pytest.fail("recognizer_only must not load the PLM teacher"))
+    recognizer = System.load(exp / "epoch_1.pt", recognizer_only=True)
+    assert recognizer.kind == "training" and recognizer.trainable.transfer is None
+    assert recognizer.meta["epoch"] == 1 and "config" in recognizer.meta
+    full_asr = full.asr.state_dict()
+    assert all(torch.equal(full_asr[k], v) for k, v in recognizer.asr.state_dict().items())
+    utterances = list(read_manifest(tiny_corpus / "test_clean.jsonl"))[:3]
+    assert recognizer.transcribe(utterances) == full.transcribe(utterances)
+    with pytest.raises(ValueError, match="recognizer_only=True"):
+        recognizer.alignment_metrics(utterances)

@@ -15,6 +15,7 @@ from otalign.data.manifest import read_manifest
 from otalign.models.asr import CTCModel
 from otalign.text.teacher import PLMTeacher
 from otalign.train.config import load_config
+from otalign.train.system import System
 from otalign.train.trainer import run
 from tests.train.conftest import tiny_overrides
 
@@ -65,9 +66,10 @@ def test_otalign_align_ckpt_scores_against_the_checkpoint_teacher(layer0_ckpt, t
 
 def test_the_demo_call_without_ckpt_takes_the_teacher_from_the_encode_fn(layer0_ckpt, tiny_corpus, tmp_path,
                                                                           captured):
-    from otalign.train.evaluate import load_trainable, make_encode_fn
+    from otalign.train.evaluate import make_encode_fn
 
-    trainable, config, cmvn = load_trainable(layer0_ckpt)
+    trained = System.load(layer0_ckpt)
+    trainable, config, cmvn = trained.trainable, trained.config, trained.cmvn
     encode_fn = make_encode_fn(trainable, config, cmvn)
     assert encode_fn.targets().layer == 0 and encode_fn.frame_s == trainable.asr.frame_s
     align_command(None, str(tiny_corpus / "test_noisy.jsonl"), str(tmp_path), encode_fn=encode_fn, **ALIGN)
@@ -76,9 +78,10 @@ def test_the_demo_call_without_ckpt_takes_the_teacher_from_the_encode_fn(layer0_
 
 def test_a_bare_encode_fn_with_a_ckpt_reads_the_teacher_from_the_stored_config(layer0_ckpt, tiny_corpus,
                                                                                tmp_path, captured):
-    from otalign.train.evaluate import load_trainable, make_encode_fn
+    from otalign.train.evaluate import make_encode_fn
 
-    inner = make_encode_fn(*load_trainable(layer0_ckpt))
+    trained = System.load(layer0_ckpt)
+    inner = make_encode_fn(trained.trainable, trained.config, trained.cmvn)
 
     def bare(utterances):  # an encode_fn from elsewhere: no targets, no frame_s
         return inner(utterances)
@@ -97,16 +100,17 @@ def test_every_evaluation_path_takes_the_frame_length_from_the_model(layer0_ckpt
     import otalign.train.evaluate as evaluate
 
     monkeypatch.setattr(CTCModel, "frame_s", property(lambda self: 0.02))
-    trainable, config, cmvn = evaluate.load_trainable(layer0_ckpt)
+    trained = System.load(layer0_ckpt)
+    trainable, config, cmvn = trained.trainable, trained.config, trained.cmvn
     manifest = str(tiny_corpus / "test_noisy.jsonl")
     align_command(None, manifest, str(tmp_path), encode_fn=evaluate.make_encode_fn(trainable, config, cmvn), **ALIGN)
     assert {e.frame_s for e in captured["examples"]} == {0.02}
 
     frame_lengths, teachers = [], []
-    real_metrics, real_targets = evaluate.utterance_metrics, evaluate.checkpoint_targets
+    real_metrics, real_targets = evaluate.utterance_metrics, evaluate.targets_from_config
     monkeypatch.setattr(evaluate, "utterance_metrics",
                         lambda *a, **k: frame_lengths.append(k.get("frame_s")) or real_metrics(*a, **k))
-    monkeypatch.setattr(evaluate, "checkpoint_targets", lambda c: teachers.append(real_targets(c)) or teachers[-1])
+    monkeypatch.setattr(evaluate, "targets_from_config", lambda c: teachers.append(real_targets(c)) or teachers[-1])
     metrics = evaluate.alignment_metrics(trainable, config, cmvn, list(read_manifest(manifest))[:3])
     assert metrics["num_tokens"] > 0
     assert set(frame_lengths) == {0.02}
@@ -159,7 +163,8 @@ def test_training_evaluation_and_align_ckpt_use_the_same_non_default_targets(mea
     assert set(texts) <= set(training), "training saw every train utterance"
 
     # alignment_metrics from the checkpoint: the targets its transfer receives
-    trainable, config, cmvn = evaluate.load_trainable(ckpt)
+    trained = System.load(ckpt)
+    trainable, config, cmvn = trained.trainable, trained.config, trained.cmvn
     assert config.teacher.layer == [1, 2] and config.teacher.center is True
     metric_targets = {}
 

@@ -43,11 +43,11 @@ def test_uot_training_learns_resumes_averages_and_decodes(tiny_corpus, tmp_path)
     # The checkpoint's own aligner, rebuilt from epoch_3.pt, scores the dev words as training's
     # end-of-epoch check did (same weights, same teacher, same frames).
     from otalign.data.manifest import read_manifest
-    from otalign.train.evaluate import alignment_metrics, load_trainable
+    from otalign.train.system import System
     from otalign.train.trainer import DEV_ALIGNMENT_KEYS
-    trainable, config, cmvn = load_trainable(exp / "epoch_3.pt")
-    dev = [u for u in read_manifest(tiny_corpus / "dev.jsonl") if u.words][: config.dev_alignment_utterances]
-    metrics = alignment_metrics(trainable, config, cmvn, dev)
+    trained = System.load(exp / "epoch_3.pt")
+    dev = [u for u in read_manifest(tiny_corpus / "dev.jsonl") if u.words][: trained.config.dev_alignment_utterances]
+    metrics = trained.alignment_metrics(dev)
     assert metrics["num_tokens"] > 0
     for theirs, ours in DEV_ALIGNMENT_KEYS.items():
         assert metrics[theirs] == pytest.approx(sidecars[2][ours], rel=1e-5, abs=1e-6), ours

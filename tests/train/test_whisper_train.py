@@ -36,11 +36,11 @@ def test_whisper_uot_trains_on_cached_bottom_exports_plain_ctc_and_decodes(tiny_
     # every epoch reports whether the plans detect the words (issue 17 §3), against ground truth: the
     # same numbers as the checkpoint's aligner scored afresh on the dev utterances with word timings
     from otalign.data.manifest import read_manifest
-    from otalign.train.evaluate import alignment_metrics, load_trainable
+    from otalign.train.system import System
     from otalign.train.trainer import DEV_ALIGNMENT_KEYS
-    trainable, config, cmvn = load_trainable(exp / "epoch_1.pt")
-    dev = [u for u in read_manifest(tiny_corpus / "dev.jsonl") if u.words][: config.dev_alignment_utterances]
-    again = alignment_metrics(trainable, config, cmvn, dev)
+    trained = System.load(exp / "epoch_1.pt")
+    dev = [u for u in read_manifest(tiny_corpus / "dev.jsonl") if u.words][: trained.config.dev_alignment_utterances]
+    again = trained.alignment_metrics(dev)
     for theirs, ours in DEV_ALIGNMENT_KEYS.items():
         assert sidecar[ours] == pytest.approx(again[theirs], rel=1e-5, abs=1e-6), ours
     # the solver statistics were recorded (NaN when no batch ran the solver): a finite, nonzero
@@ -54,16 +54,18 @@ def test_whisper_uot_trains_on_cached_bottom_exports_plain_ctc_and_decodes(tiny_
     assert export["model_config"]["frontend"] == "whisper-tiny.en" and export["model_config"]["freeze_layers"] == 3
     assert not any(k.startswith(("transfer", "adapter", "aligner")) for k in export["state_dict"])
     # The export is the whole encoder (frozen layers too): it decodes raw audio without the cache.
-    from otalign.decode.recipe import decode_manifest, load_for_decoding
-    inference = load_for_decoding(final)
-    assert inference.model.frame_s == pytest.approx(0.02)
+    from otalign.decode.recipe import decode_manifest, load_recognizer
+    inference = load_recognizer(final)
+    assert inference.kind == "inference" and inference.asr.frame_s == pytest.approx(0.02)
     report = decode_manifest(final, tiny_corpus / "test_clean.jsonl", tmp_path / "decode",
                              feature_cache_dir=str(tmp_path / "logmel"))
     assert report.num_utts == 8
     assert report.cer == pytest.approx(cer_from_files(tiny_corpus / "test_clean.jsonl",
                                                       tmp_path / "decode" / "test_clean.hyp.txt"), abs=1e-12)
     # A training checkpoint (epoch_N.pt) rebuilds the same Whisper model.
-    assert load_for_decoding(exp / "epoch_1.pt").model.config == inference.model.config
+    from_training = load_recognizer(exp / "epoch_1.pt")
+    assert from_training.kind == "training" and from_training.trainable.transfer is None, "decoding loads no aligner"
+    assert from_training.asr.config == inference.asr.config
 
 
 def test_cached_bottom_gives_the_states_of_the_full_forward():

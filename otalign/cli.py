@@ -111,7 +111,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from otalign.train.experiment import run_experiment
     run_experiment(args.config, only=args.only, dry_run=args.dry_run, report_only=args.report_only,
-                   seeds=args.seeds, benchmarks=args.benchmarks, jobs=args.jobs)
+                   seeds=args.seeds, benchmarks=args.benchmarks, jobs=args.jobs, overrides=args.set)
     return 0
 
 
@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs and which are done")
     p.add_argument("--report-only", action="store_true", help="regenerate docs/results.md from results/")
     p.add_argument("--jobs", type=int, default=None, help="runs at once, one process each (default: the config's jobs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the experiment YAML (dotted, value parsed as YAML), repeatable: "
+                        "e.g. --set base.model.frontend=whisper-base --set results_dir=results/whisper_base")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("demo", help="the whole path on the embedded corpus: synth, train (uot), decode, score")

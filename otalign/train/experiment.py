@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import yaml
 
-from otalign.train.config import _from_dict, ConfigError, TrainConfig, to_dict, validate
+from otalign.train.config import _from_dict, ConfigError, TrainConfig, apply_overrides, to_dict, validate
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -114,11 +114,16 @@ class ExperimentConfig:
     """Where this config was read from (the report names it)."""
 
     @classmethod
-    def load(cls, path: str | Path) -> ExperimentConfig:
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+        """Read an experiment YAML and apply ``--set`` overrides to it (dotted keys of the file,
+        e.g. ``base.model.frontend=whisper-base`` or ``results_dir=results/whisper_base``)."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"experiment config not found: {path}")
-        return cls.from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"experiment config {path} must hold a mapping at the top level, got {type(raw).__name__}")
+        return cls.from_dict(apply_overrides(raw, overrides or []), str(path) + (" with --set" if overrides else ""))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "experiment") -> ExperimentConfig:
@@ -429,13 +434,14 @@ def _run_pending(spec: ExperimentConfig, pending: list[tuple[str, str, int, Trai
 
 def run_experiment(config_path: str | Path, only: str | None = None, dry_run: bool = False,
                    report_only: bool = False, seeds: str | None = None, benchmarks: str | None = None,
-                   jobs: int | None = None) -> None:
+                   jobs: int | None = None, overrides: list[str] | None = None) -> None:
     """Run what is missing of the grid (optionally only some systems, seeds or benchmarks), then report.
 
     Runs are ordered seed-major (every system's seed 0 before any seed 1), so a grid cut short
     still compares all systems. ``jobs`` overrides the config's ``jobs``: runs at once.
+    ``overrides``: ``--set`` items applied to the experiment YAML (:meth:`ExperimentConfig.load`).
     """
-    spec = ExperimentConfig.load(config_path)
+    spec = ExperimentConfig.load(config_path, overrides)
     if jobs is not None:
         spec.jobs = check_jobs(jobs, "--jobs")
     wanted = set(only.split(",")) if only else None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from otalign.train.config import ConfigError
 from otalign.train.experiment import ExperimentConfig, run_configs, run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,3 +329,20 @@ def test_the_grid_runs_unchanged_under_torchrun_with_each_run_on_both_ranks(tmp_
     trained = json.loads((tmp_path / "exp/smoke/runs/synthetic/uot_rho1__seed0/avg.json").read_text())
     assert trained["world_size"] == 2
     assert (tmp_path / "exp/smoke/results.md").exists()
+
+
+def test_set_overrides_the_experiment_yaml_for_the_gpu_variant():
+    gpu = ["base.model.frontend=whisper-base", "base.model.freeze_layers=0", "results_dir=results/whisper_base",
+           "exp_root=exp/experiment_whisper_base", "report=docs/results_whisper_base.md", "discussion=null"]
+    cpu_spec = ExperimentConfig.load("conf/experiment_whisper.yaml")
+    spec = ExperimentConfig.load("conf/experiment_whisper.yaml", gpu)
+    assert (spec.results_dir, spec.report, spec.discussion) == ("results/whisper_base", "docs/results_whisper_base.md", None)
+    runs, cpu_runs = run_configs(spec), run_configs(cpu_spec)
+    assert len(runs) == len(cpu_runs) == 54
+    assert {(c.model.frontend, c.model.freeze_layers) for *_, c in runs} == {("whisper-base", 0)}
+    assert {(c.model.frontend, c.model.freeze_layers) for *_, c in cpu_runs} == {("whisper-tiny.en", 3)}
+    assert all(c.exp_dir.startswith("exp/experiment_whisper_base/") for *_, c in runs)
+    with pytest.raises(ConfigError, match="with --set.*resuls_dir"):
+        ExperimentConfig.load("conf/experiment_whisper.yaml", ["resuls_dir=x"])
+    with pytest.raises(ConfigError, match="model.freeze_layers"):
+        run_configs(ExperimentConfig.load("conf/experiment_whisper.yaml", ["base.model.freeze_layers=-1"]))

@@ -135,9 +135,9 @@ def drop_long_training_utterances(utterances: list, max_seconds: float | None) -
     return kept
 
 
-def check_whisper_durations(utterances, config: TrainConfig, where: str) -> None:
+def check_whisper_durations(utterances, config: TrainConfig, where: str, remedy: str = "") -> None:
     """A Whisper encoder takes at most 30 s: refuse longer utterances up front, by name, before
-    any caching (they are never truncated)."""
+    any caching (they are never truncated). ``remedy``: a further way out, appended to the message."""
     if config.model.frontend == "fbank":
         return
     from otalign.data.whisper_features import MAX_WHISPER_SECONDS
@@ -147,8 +147,7 @@ def check_whisper_durations(utterances, config: TrainConfig, where: str) -> None
         named = ", ".join(f"{u.id!r} ({u.duration:.1f} s)" for u in long[:5])
         raise ValueError(f"{where}: {len(long)} utterance(s) are longer than the {MAX_WHISPER_SECONDS} s window of "
                          f"{config.model.frontend}: {named}{' ...' if len(long) > 5 else ''}; split them into "
-                         f"segments (manifest offset/duration)"
-                         f"{', or skip long training utterances with data.max_train_seconds' if where.startswith('data.train') else ''}")
+                         f"segments (manifest offset/duration){remedy}")
 
 
 class BatchMaker:
@@ -493,7 +492,8 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
     train_utts = drop_long_training_utterances(load_manifests(config.data.train_manifests, config.data.strict),
                                                config.data.max_train_seconds)
     dev_utts = load_manifests([config.data.dev_manifest], config.data.strict)
-    check_whisper_durations(train_utts, config, "data.train_manifests")
+    check_whisper_durations(train_utts, config, "data.train_manifests",
+                            ", or skip long training utterances with data.max_train_seconds")
     check_whisper_durations(dev_utts, config, f"data.dev_manifest {config.data.dev_manifest}")
     barrier(info)  # every rank has checked before rank 0 writes anything
     if config.threads > 0:
@@ -544,10 +544,8 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
         cmvn = GlobalCMVN.load(cmvn_path)
 
     teacher = None
-    plm_width = None
     if config.transfer.aligner != "none":
         teacher = targets_from_config(config.teacher)
-        plm_width = teacher.teacher.width
         if info.is_main:
             teacher.precompute([u.text for u in train_utts], progress=progress)
         barrier(info)

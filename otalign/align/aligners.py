@@ -18,6 +18,8 @@ Aligners (:func:`build_aligner` names):
   exactly its mass ``b_j = 1/N``), frames KL-relaxed with ``rho_frames`` (small rho = frames may
   shed mass = silence/noise stays unmatched; rho -> inf recovers ``ot``).
 - ``partial``: partial OT moving total mass ``partial_mass`` (m <= 1, P1 <= a, P^T 1 <= b).
+- ``tuot``: ``uot`` plus ``tot``'s temporal-order prior: frames may still shed mass, and the
+  prior says where along the utterance each token's frames should lie.
 - ``attention``: N positional queries cross-attend to the frames (Deng et al. 2022).
 - ``cif``: continuous integrate-and-fire with a quantity loss (Dong & Xu 2020; Deng et al. 2022).
 
@@ -81,6 +83,7 @@ ALIGNERS: dict[str, AlignerSpec] = {
     "tot": AlignerSpec("ot", "order_weight", "balanced OT + temporal-order prior (TOT-CAKT)"),
     "uot": AlignerSpec("ot", "rho_frames", "semi-relaxed UOT: tokens hard, frames KL-relaxed (the paper)"),
     "partial": AlignerSpec("ot", "partial_mass", "partial OT moving total mass m"),
+    "tuot": AlignerSpec("ot", "rho_frames", "semi-relaxed UOT + temporal-order prior (order_weight)"),
     "attention": AlignerSpec("attention", None, "positional queries cross-attending to the frames"),
     "cif": AlignerSpec("cif", None, "continuous integrate-and-fire with a quantity loss"),
 }
@@ -94,7 +97,8 @@ class AlignerConfig:
     """Every option of every aligner, with its one default; ``name`` picks the aligner.
 
     OT aligners read ``eps, n_iter, tol, grad, detach_plan, min_token_mass`` and their knob
-    (``rho_frames`` for uot, ``partial_mass`` for partial, ``order_weight`` for tot);
+    (``rho_frames`` for uot, ``partial_mass`` for partial, ``order_weight`` for tot; tuot
+    reads both ``rho_frames`` and ``order_weight``);
     ``attention`` reads ``num_heads, queries, max_tokens, dropout``; ``cif`` reads
     ``kernel_size, scale, min_token_mass``. The others are ignored, so one config can hold them
     all. A training recipe sets them in the ``transfer`` section (``otalign.train.config``).
@@ -128,11 +132,11 @@ class AlignerConfig:
             raise ValueError(f"tol must be > 0 or None, got {self.tol}")
         if self.grad not in GRAD_MODES:
             raise ValueError(f"grad must be 'implicit', 'unrolled' or 'last_step', got {self.grad!r}")
-        if self.name == "uot" and not self.rho_frames > 0:
+        if self.name in ("uot", "tuot") and not self.rho_frames > 0:
             raise ValueError(f"rho_frames must be > 0 (inf = balanced), got {self.rho_frames}")
         if self.name == "partial" and not 0 < self.partial_mass <= 1:
             raise ValueError(f"partial_mass must be in (0, 1], got {self.partial_mass}")
-        if self.name == "tot" and not self.order_weight >= 0:
+        if self.name in ("tot", "tuot") and not self.order_weight >= 0:
             raise ValueError(f"order_weight must be >= 0, got {self.order_weight}")
         if self.queries not in ("learned", "sinusoidal"):
             raise ValueError(f"queries must be 'learned' or 'sinusoidal', got {self.queries!r}")
@@ -161,11 +165,11 @@ class AlignerConfig:
         if self.family != "ot":
             raise ValueError(f"aligner {self.name!r} does not use the OT solver")
         options = dict(eps=self.eps, max_iter=self.n_iter, tol=self.tol, grad=self.grad)
-        if self.name == "uot":
+        if self.name in ("uot", "tuot"):
             options.update(rho_rows=self.rho_frames, rho_cols=math.inf)
         elif self.name == "partial":
             options.update(partial_mass=self.partial_mass)
-        elif self.name == "tot":
+        if self.name in ("tot", "tuot"):
             options.update(order_weight=self.order_weight)
         return options
 
@@ -251,15 +255,15 @@ class NoAligner(Aligner):
 
 
 class OTAligner(Aligner):
-    """``ot`` / ``tot`` / ``uot`` / ``partial``: entropic OT on the cosine cost, solved by ``otalign.ot.solve``.
+    """``ot`` / ``tot`` / ``uot`` / ``partial`` / ``tuot``: entropic OT on the cosine cost, solved by ``otalign.ot.solve``.
 
     Args:
-        kind: one of ``ot``, ``tot``, ``uot``, ``partial``.
+        kind: one of ``ot``, ``tot``, ``uot``, ``partial``, ``tuot``.
         eps: entropic regularisation (cost units; the cosine cost lies in [0, 2]).
         n_iter: solver iterations (``max_iter``).
-        rho_frames: KL weight on the frame marginal for ``uot`` (ignored otherwise).
+        rho_frames: KL weight on the frame marginal for ``uot`` and ``tuot`` (ignored otherwise).
         partial_mass: total mass m in (0, 1] for ``partial``.
-        order_weight: weight of the temporal-order cost for ``tot`` (``ot.temporal_order_cost``).
+        order_weight: weight of the temporal-order cost for ``tot`` and ``tuot`` (``ot.temporal_order_cost``).
         grad: ``implicit``, ``unrolled`` or ``last_step`` (how the solver differentiates; see ``otalign.ot.solve``).
         detach_plan: stop gradients through the plan (pooling still differentiates w.r.t. h).
         tol: optional early-stopping tolerance passed to the solver.
@@ -300,7 +304,8 @@ class OTAligner(Aligner):
 
     def extra_repr(self) -> str:
         extra = {"uot": f", rho_frames={self.rho_frames}", "partial": f", partial_mass={self.partial_mass}",
-                 "tot": f", order_weight={self.order_weight}"}.get(self.kind, "")
+                 "tot": f", order_weight={self.order_weight}",
+                 "tuot": f", rho_frames={self.rho_frames}, order_weight={self.order_weight}"}.get(self.kind, "")
         return f"kind={self.kind}, eps={self.eps}, n_iter={self.n_iter}, grad={self.grad}{extra}"
 
     def solver_options(self) -> dict:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from otalign.align.aligners import ALIGNER_NAMES, AlignerConfig
+from otalign.align.aligners import ALIGNER_NAMES, OT_ALIGNER_NAMES, AlignerConfig
 
 
 @dataclass
@@ -523,8 +523,8 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"unknown config key 'transfer.aligner_options.{key}'{hint} (known: {sorted(known)})")
         # typed like every other key ('1e-4' is a string to YAML 1.1)
         config.transfer.aligner_options[key] = _coerce(known[key], value, f"transfer.aligner_options.{key}")
-    if config.transfer.detach_plan and config.transfer.aligner not in {"ot", "tot", "uot", "partial"}:
-        raise ConfigError(f"config key transfer.detach_plan applies to the OT aligners (ot, tot, uot, partial), "
+    if config.transfer.detach_plan and config.transfer.aligner not in OT_ALIGNER_NAMES:
+        raise ConfigError(f"config key transfer.detach_plan applies to the OT aligners ({', '.join(OT_ALIGNER_NAMES)}), "
                           f"not to '{config.transfer.aligner}'")
     if config.transfer.loss not in {"cosine", "mse", "infonce"}:
         raise ConfigError(f"config key transfer.loss must be 'cosine', 'mse' or 'infonce', got '{config.transfer.loss}'")

@@ -109,10 +109,29 @@ def test_uot_sheds_the_mass_of_frames_that_match_no_token_and_ot_cannot():
     assert ot[0, junk_rows].sum() == pytest.approx(0.4, abs=1e-3)
 
 
+def test_tuot_sheds_noise_like_uot_and_orders_repeated_tokens_like_tot():
+    g = torch.Generator().manual_seed(2)
+    word_a, word_b = torch.nn.functional.normalize(torch.randn(2, 32, generator=g), dim=-1)
+    tokens = torch.stack([word_a, word_b, word_a])[None]  # "a b a": cosine alone cannot tell the a's apart
+    junk = torch.nn.functional.normalize(torch.randn(4, 32, generator=g), dim=-1)
+    frames = torch.cat([junk[:2], word_a.expand(3, 32), word_b.expand(3, 32), word_a.expand(3, 32), junk[2:]])[None]
+    frame_mask, token_mask = torch.ones(1, 13, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool)
+    junk_rows = torch.tensor([True] * 2 + [False] * 9 + [True] * 2)
+    options = dict(eps=0.05, rho_frames=0.01, n_iter=300)
+    uot = build_aligner("uot", **options)(frames, frame_mask, tokens, token_mask).plan[0]
+    tuot = build_aligner("tuot", order_weight=1.0, **options)(frames, frame_mask, tokens, token_mask).plan[0]
+    assert tuot[junk_rows].sum() < 0.05 and uot[junk_rows].sum() < 0.05
+    first_a, last_a = slice(2, 5), slice(8, 11)
+    # without the prior each "a" token splits its mass over both runs of a-frames
+    assert float(uot[first_a, 0].sum()) == pytest.approx(float(uot[last_a, 0].sum()), rel=1e-3)
+    # with it, the first "a" token takes the first run and the last one the last run
+    assert tuot[first_a, 0].sum() > 0.9 * tuot[:, 0].sum() and tuot[last_a, 2].sum() > 0.9 * tuot[:, 2].sum()
+
+
 def test_empty_transcript_gets_an_all_zero_plan():
     frames, frame_mask, tokens, token_mask = padded_batch()
     token_mask[0] = False
-    for name in ("ot", "uot", "partial", "tot"):
+    for name in ("ot", "uot", "partial", "tot", "tuot"):
         out = build_aligner(name, n_iter=30)(frames, frame_mask, tokens, token_mask)
         assert (out.plan[0] == 0).all() and out.plan[1].sum() > 0, name
         assert torch.isfinite(out.aligned).all()
@@ -187,12 +206,13 @@ def test_every_aligner_name_builds():
 def test_one_registry_names_the_aligners_their_knobs_and_solver_options():
     from otalign.align.aligners import ALIGNERS, ALIGNER_NAMES, OT_ALIGNER_NAMES, AlignerConfig
 
-    assert ALIGNER_NAMES == tuple(ALIGNERS) and set(OT_ALIGNER_NAMES) == {"ot", "tot", "uot", "partial"}
+    assert ALIGNER_NAMES == tuple(ALIGNERS) and set(OT_ALIGNER_NAMES) == {"ot", "tot", "uot", "partial", "tuot"}
     assert AlignerConfig(name="uot", rho_frames=0.3).knob == ("rho_frames", 0.3)
     assert AlignerConfig(name="ot").knob is None
     options = {name: AlignerConfig(name=name, eps=0.05, n_iter=30).solver_options() for name in OT_ALIGNER_NAMES}
     assert options["uot"] == dict(eps=0.05, max_iter=30, tol=None, grad="implicit", rho_rows=1.0, rho_cols=math.inf)
     assert options["partial"]["partial_mass"] == 0.7 and options["tot"]["order_weight"] == 1.0
+    assert options["tuot"] == dict(options["uot"], order_weight=1.0)
     assert options["ot"] == dict(eps=0.05, max_iter=30, tol=None, grad="implicit")
     with pytest.raises(ValueError, match="does not use the OT solver"):
         AlignerConfig(name="cif").solver_options()

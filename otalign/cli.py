@@ -191,11 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="manifest with ground-truth word spans")
     p.add_argument("--out", required=True, help="directory for the metrics (JSON, CSV), heatmaps and PR plots")
     p.add_argument("--aligners", default="ot,tot,uot,partial",
-                   help="comma-separated aligners to compare: ot, tot, uot, partial")
+                   help="comma-separated aligners to compare: ot, tot, uot, partial, tuot (uot + order prior: "
+                        "the --rho and --order-weight grids crossed)")
     p.add_argument("--rho", default="0.003,0.01,0.03,0.1,0.3,1,10", help="comma-separated rho_frames values for uot")
     p.add_argument("--eps", default="0.02,0.05", help="comma-separated eps values")
     p.add_argument("--partial-mass", default="0.4,0.5,0.6,0.8", help="comma-separated total masses for partial")
-    p.add_argument("--order-weight", default="0.1,1", help="comma-separated temporal-order weights for tot")
+    p.add_argument("--order-weight", default="0.1,1", help="comma-separated temporal-order weights for tot and tuot")
     p.add_argument("--num-heatmaps", type=int, default=2, help="utterances drawn as heatmaps")
     p.add_argument("--synthetic", action="store_true", help="the setting that needs no training")
     p.add_argument("--num-utterances", type=int, default=32,

@@ -68,11 +68,13 @@ __all__ = [
 @dataclass(frozen=True)
 class AlignerSpec:
     """One entry of the registry: ``family`` says which class implements it; ``knob`` is the option
-    a sweep varies and a report prints beside the name (None: the aligner has none)."""
+    a sweep varies and a report prints beside the name (None: the aligner has none);
+    ``also_varies`` are further options a sweep crosses with the knob's values."""
 
     family: str
     knob: str | None
     summary: str
+    also_varies: tuple[str, ...] = ()
 
 
 # The one list of aligners: names, families and knobs. Config validation, build_aligner, sweeps
@@ -83,7 +85,7 @@ ALIGNERS: dict[str, AlignerSpec] = {
     "tot": AlignerSpec("ot", "order_weight", "balanced OT + temporal-order prior (TOT-CAKT)"),
     "uot": AlignerSpec("ot", "rho_frames", "semi-relaxed UOT: tokens hard, frames KL-relaxed (the paper)"),
     "partial": AlignerSpec("ot", "partial_mass", "partial OT moving total mass m"),
-    "tuot": AlignerSpec("ot", "rho_frames", "semi-relaxed UOT + temporal-order prior (order_weight)"),
+    "tuot": AlignerSpec("ot", "rho_frames", "semi-relaxed UOT + temporal-order prior (order_weight)", ("order_weight",)),
     "attention": AlignerSpec("attention", None, "positional queries cross-attending to the frames"),
     "cif": AlignerSpec("cif", None, "continuous integrate-and-fire with a quantity loss"),
 }

@@ -87,20 +87,24 @@ def sweep_configs(aligners: Sequence[str], rhos: Sequence[float], epsilons: Sequ
     for eps in epsilons:
         for name in aligners:
             base = dict(aligner=name, eps=float(eps), rho_frames=math.inf, partial_mass=math.nan, order_weight=0.0)
-            knob = ALIGNERS[name].knob
-            if knob is None:
+            spec = ALIGNERS[name]
+            if spec.knob is None:
                 configs.append(base)
                 continue
-            if not values[knob]:
-                raise ValueError(f"the {knob} values are empty but {name} is in aligners")
-            configs += [{**base, knob: float(v)} for v in values[knob]]
+            grid = [base]
+            for option in (spec.knob, *spec.also_varies):
+                if not values[option]:
+                    raise ValueError(f"the {option} values are empty but {name} is in aligners")
+                grid = [{**config, option: float(v)} for config in grid for v in values[option]]
+            configs += grid
     return configs
 
 
 def _aligner_for(config: Mapping, n_iter: int):
-    knob = ALIGNERS[config["aligner"]].knob
+    spec = ALIGNERS[config["aligner"]]
+    options = (spec.knob, *spec.also_varies) if spec.knob else ()
     return AlignerConfig(name=config["aligner"], eps=config["eps"], n_iter=n_iter,
-                         **({knob: config[knob]} if knob else {})).build()
+                         **{option: config[option] for option in options}).build()
 
 
 def align_examples(examples: Sequence[AlignmentExample], config: Mapping, n_iter: int = 200,
@@ -219,9 +223,11 @@ _KNOB_LABELS = {"rho_frames": "rho", "partial_mass": "m", "order_weight": "w"}
 
 
 def _panel_label(row: Mapping) -> str:
-    knob = ALIGNERS[row["aligner"]].knob
-    shown = _cell(row[knob]) if knob == "rho_frames" else f"{row[knob]:g}" if knob else ""  # rho may be inf
-    value = f" {_KNOB_LABELS[knob]}={shown}" if knob else ""
+    spec = ALIGNERS[row["aligner"]]
+    value = ""
+    for option in ((spec.knob, *spec.also_varies) if spec.knob else ()):
+        shown = _cell(row[option]) if option == "rho_frames" else f"{row[option]:g}"  # rho may be inf
+        value += f" {_KNOB_LABELS[option]}={shown}"
     return f"{row['aligner']}{value} eps={row['eps']:g}"
 
 

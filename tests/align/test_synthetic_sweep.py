@@ -82,6 +82,16 @@ def test_sweep_configs_cover_the_grid():
         sweep_configs(("cif",), (0.1,), (0.1,))
 
 
+def test_tuot_sweeps_rho_and_order_weight_crossed_and_builds_what_it_records():
+    from otalign.align.sweep import _aligner_for, _panel_label
+
+    configs = sweep_configs(("tuot",), rhos=(0.1, 1.0), epsilons=(0.05,), order_weights=(0.1, 0.3, 1.0))
+    assert sorted((c["rho_frames"], c["order_weight"]) for c in configs) == [(r, w) for r in (0.1, 1.0) for w in (0.1, 0.3, 1.0)]
+    aligner = _aligner_for(configs[-1], n_iter=10)
+    assert (aligner.rho_frames, aligner.order_weight) == (configs[-1]["rho_frames"], configs[-1]["order_weight"])
+    assert _panel_label(configs[-1]) == "tuot rho=1.000 w=1 eps=0.05"
+
+
 def test_write_table_writes_csv_and_markdown(tmp_path):
     rows = [dict(aligner="uot", eps=0.05, rho_frames=0.1, partial_mass=math.nan, order_weight=0.0, precision=0.9,
                  token_recall=1.0)]

@@ -76,6 +76,11 @@ class AlignerSpec:
     summary: str
     also_varies: tuple[str, ...] = ()
 
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The knob and ``also_varies``: the aligner-specific options it reads."""
+        return ((self.knob,) if self.knob else ()) + self.also_varies
+
 
 # The one list of aligners: names, families and knobs. Config validation, build_aligner, sweeps
 # and plots all read it.
@@ -134,11 +139,12 @@ class AlignerConfig:
             raise ValueError(f"tol must be > 0 or None, got {self.tol}")
         if self.grad not in GRAD_MODES:
             raise ValueError(f"grad must be 'implicit', 'unrolled' or 'last_step', got {self.grad!r}")
-        if self.name in ("uot", "tuot") and not self.rho_frames > 0:
+        reads = ALIGNERS[self.name].options
+        if "rho_frames" in reads and not self.rho_frames > 0:
             raise ValueError(f"rho_frames must be > 0 (inf = balanced), got {self.rho_frames}")
-        if self.name == "partial" and not 0 < self.partial_mass <= 1:
+        if "partial_mass" in reads and not 0 < self.partial_mass <= 1:
             raise ValueError(f"partial_mass must be in (0, 1], got {self.partial_mass}")
-        if self.name in ("tot", "tuot") and not self.order_weight >= 0:
+        if "order_weight" in reads and not self.order_weight >= 0:
             raise ValueError(f"order_weight must be >= 0, got {self.order_weight}")
         if self.queries not in ("learned", "sinusoidal"):
             raise ValueError(f"queries must be 'learned' or 'sinusoidal', got {self.queries!r}")
@@ -167,11 +173,12 @@ class AlignerConfig:
         if self.family != "ot":
             raise ValueError(f"aligner {self.name!r} does not use the OT solver")
         options = dict(eps=self.eps, max_iter=self.n_iter, tol=self.tol, grad=self.grad)
-        if self.name in ("uot", "tuot"):
+        reads = ALIGNERS[self.name].options
+        if "rho_frames" in reads:
             options.update(rho_rows=self.rho_frames, rho_cols=math.inf)
-        elif self.name == "partial":
+        if "partial_mass" in reads:
             options.update(partial_mass=self.partial_mass)
-        if self.name in ("tot", "tuot"):
+        if "order_weight" in reads:
             options.update(order_weight=self.order_weight)
         return options
 
@@ -305,9 +312,7 @@ class OTAligner(Aligner):
         self.min_token_mass = config.min_token_mass
 
     def extra_repr(self) -> str:
-        extra = {"uot": f", rho_frames={self.rho_frames}", "partial": f", partial_mass={self.partial_mass}",
-                 "tot": f", order_weight={self.order_weight}",
-                 "tuot": f", rho_frames={self.rho_frames}, order_weight={self.order_weight}"}.get(self.kind, "")
+        extra = "".join(f", {option}={getattr(self, option)}" for option in ALIGNERS[self.kind].options)
         return f"kind={self.kind}, eps={self.eps}, n_iter={self.n_iter}, grad={self.grad}{extra}"
 
     def solver_options(self) -> dict:

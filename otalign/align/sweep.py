@@ -92,7 +92,7 @@ def sweep_configs(aligners: Sequence[str], rhos: Sequence[float], epsilons: Sequ
                 configs.append(base)
                 continue
             grid = [base]
-            for option in (spec.knob, *spec.also_varies):
+            for option in spec.options:
                 if not values[option]:
                     raise ValueError(f"the {option} values are empty but {name} is in aligners")
                 grid = [{**config, option: float(v)} for config in grid for v in values[option]]
@@ -102,9 +102,8 @@ def sweep_configs(aligners: Sequence[str], rhos: Sequence[float], epsilons: Sequ
 
 def _aligner_for(config: Mapping, n_iter: int):
     spec = ALIGNERS[config["aligner"]]
-    options = (spec.knob, *spec.also_varies) if spec.knob else ()
     return AlignerConfig(name=config["aligner"], eps=config["eps"], n_iter=n_iter,
-                         **{option: config[option] for option in options}).build()
+                         **{option: config[option] for option in spec.options}).build()
 
 
 def align_examples(examples: Sequence[AlignmentExample], config: Mapping, n_iter: int = 200,
@@ -223,9 +222,8 @@ _KNOB_LABELS = {"rho_frames": "rho", "partial_mass": "m", "order_weight": "w"}
 
 
 def _panel_label(row: Mapping) -> str:
-    spec = ALIGNERS[row["aligner"]]
     value = ""
-    for option in ((spec.knob, *spec.also_varies) if spec.knob else ()):
+    for option in ALIGNERS[row["aligner"]].options:
         shown = _cell(row[option]) if option == "rho_frames" else f"{row[option]:g}"  # rho may be inf
         value += f" {_KNOB_LABELS[option]}={shown}"
     return f"{row['aligner']}{value} eps={row['eps']:g}"

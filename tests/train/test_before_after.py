@@ -5,8 +5,16 @@ the refactor (System, the aligner registry, the training loop, the split synth p
 with ``python -m tests.train.test_before_after --record``, run from a checkout of that commit with
 this file copied in): a tiny corpus synthesized with seed 0, one epoch of plain CTC and of uot,
 and a fingerprint of every trained tensor. This test trains the same recipe with today's code and
-compares. On the recording machine the figures agree bit for bit; the tolerance only admits
-another CPU's rounding (any change of behaviour moves them by orders of magnitude more)."""
+compares. On the recording machine the figures agree bit for bit.
+
+On another CPU they do not, and the tolerances say by how much (measured on a second machine,
+2026-12-04): the losses agree to 3e-7 relative, but some tensors moved by up to 1.1e-3 of their
+norm. Adam normalises each parameter's gradient, so where the true gradient is zero or nearly so
+(the attention's key bias, whose gradient is identically zero; filters of dead units) rounding
+noise becomes a full-sized step. So the losses are the sharp check (1e-5 relative: a 1% larger
+learning rate moves them by 1e-3, a 1% larger transfer weight by 4e-3 to 0.2) and the tensors the
+coarse one (1e-2 of the norm: the 1% larger learning rate moves 4-5 tensors past it, by up to 4e-2;
+rounding stays 9x below it)."""
 
 from __future__ import annotations
 
@@ -64,7 +72,7 @@ def test_the_same_seed_trains_the_weights_recorded_before_the_refactor(tiny_corp
     assert now["weights"].keys() == golden["weights"].keys()
     moved = []
     for name, (sum_then, norm_then, proj_then) in golden["weights"].items():
-        scale = 1e-5 * norm_then + 1e-7
+        scale = 1e-2 * norm_then + 1e-7
         if any(abs(a - b) > scale for a, b in zip(now["weights"][name], (sum_then, norm_then, proj_then))):
             moved.append(name)
     assert not moved, f"{len(moved)} of {len(golden['weights'])} tensors differ from the recorded ones, e.g. {moved[:3]}"

@@ -117,7 +117,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from otalign.train.demo import run_demo
-    return run_demo(args.out, corpus=args.corpus, progress=False if args.no_progress else None)
+    return run_demo(args.out, corpus=args.corpus, overrides=args.set, progress=False if args.no_progress else None)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the demo's own exp_dir: an interrupted demo resumes; a run there under another "
                         "config is replaced (rerunning the demo always succeeds)")
     p.add_argument("--corpus", default="data/demo", help="where the demo corpus is (synthesized if absent)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of conf/demo.yaml, e.g. --set model.frontend=whisper-tiny.en (repeatable)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (also: OTALIGN_PROGRESS=0; they are off when stderr is not a terminal)")
     p.set_defaults(func=cmd_demo)

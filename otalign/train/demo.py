@@ -41,7 +41,8 @@ def run_demo(out: str = "exp/demo", corpus: str = "data/demo", overrides: list[s
                  f"data.test_manifests={{test_clean: {corpus_dir}/test_clean.jsonl, "
                  f"test_noisy: {corpus_dir}/test_noisy.jsonl}}"]
     config = load_config(DEMO_CONFIG, [f"exp_dir={out}", *manifests, *(overrides or [])])
-    print(f"[demo] 2/4 training tiny Conformer-CTC + uot transfer (rho_frames={config.transfer.rho_frames}) "
+    model = "tiny Conformer-CTC" if config.model.frontend == "fbank" else f"{config.model.frontend} CTC"
+    print(f"[demo] 2/4 training {model} + {config.transfer.aligner} transfer (rho_frames={config.transfer.rho_frames}) "
           f"for {config.optim.epochs} epochs -> {out}")
     try:
         check_exp_dir(config, resume=True, overwrite=False, force=False)

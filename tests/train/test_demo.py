@@ -1,4 +1,5 @@
-"""`make demo`'s driver, on the tiny corpus with a 1-layer model: every stage runs and reports."""
+"""`make demo`'s driver, on the tiny corpus: every stage runs and reports, with the demo's own
+front end (Whisper tiny.en, 3 layers frozen) and with the from-scratch model it had before."""
 
 import pytest
 
@@ -6,13 +7,22 @@ from otalign.train.demo import run_demo
 from tests.train.conftest import tiny_overrides
 
 
+FROM_SCRATCH = ["model.frontend=fbank", "model.freeze_layers=0", "teacher.layer=0",
+                "model.overrides={d_model: 48, num_layers: 1, ff_dim: 96, num_heads: 4}"]
+
+
 @pytest.mark.slow
-def test_demo_runs_every_stage(tiny_corpus, tmp_path, capsys):
+@pytest.mark.parametrize("frontend", ["whisper-tiny.en", "fbank"])
+def test_demo_runs_every_stage(tiny_corpus, tmp_path, capsys, frontend):
     keep = [o for o in tiny_overrides(tiny_corpus, tmp_path / "demo", epochs=1)
-            if o.split("=")[0] in {"data.feature_cache_dir", "teacher.cache_dir", "model.overrides", "optim.epochs",
+            if o.split("=")[0] in {"data.feature_cache_dir", "teacher.cache_dir", "optim.epochs",
                                    "optim.warmup_steps", "transfer.n_iter"}]
+    keep += [f"data.whisper_cache_dir={tmp_path}/whisper_cache"]
+    if frontend == "fbank":
+        keep += FROM_SCRATCH
     assert run_demo(str(tmp_path / "demo"), corpus=str(tiny_corpus), overrides=keep) == 0
     printed = capsys.readouterr().out
+    assert f"training {'tiny Conformer-CTC' if frontend == 'fbank' else 'whisper-tiny.en CTC'} + uot" in printed
     assert "alignment plots failed" not in printed
     assert "test_clean" in printed and "CER" in printed
     assert (tmp_path / "demo" / "avg.pt").exists()

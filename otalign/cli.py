@@ -77,6 +77,21 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm(args: argparse.Namespace) -> int:
+    from otalign.data.manifest import read_manifest
+    from otalign.decode.lm import train_char_ngram_arpa
+    held_out = {u.text for manifest in args.exclude for u in read_manifest(manifest)}
+    texts = [u.text for manifest in args.data for u in read_manifest(manifest)]
+    kept = [t for t in texts if t not in held_out]
+    # a held-out sentence in the LM's text would score the test set on what it has seen
+    print(f"[lm] {len(texts)} transcripts from {len(args.data)} manifest(s); {len(texts) - len(kept)} also in "
+          f"--exclude manifests, left out")
+    path = train_char_ngram_arpa(kept, args.out, order=args.order, discount=args.discount)
+    print(f"[lm] character {args.order}-gram on {len(kept)} transcripts -> {path} "
+          f"(decode with --method beam --lm {path})")
+    return 0
+
+
 # ----------------------------------------------------------------------------- alignment
 def cmd_align(args: argparse.Namespace) -> int:
     from otalign.align.report import align_command
@@ -185,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fbank cache (default: OUT/cache/fbank, never the current folder; pass the training "
                         "config's data.feature_cache_dir to share it with training)")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("lm", help="a character n-gram ARPA LM from manifests' transcripts, for decode --lm")
+    p.add_argument("--data", required=True, nargs="+", help="manifest(s) whose transcripts train the LM")
+    p.add_argument("--exclude", nargs="*", default=[],
+                   help="held-out manifest(s), e.g. dev and test: their sentences are left out of the LM text")
+    p.add_argument("--out", required=True, help="the ARPA file to write")
+    p.add_argument("--order", type=int, default=6)
+    p.add_argument("--discount", type=float, default=0.5, help="absolute discount, in (0, 1)")
+    p.set_defaults(func=cmd_lm)
 
     p = sub.add_parser("align", help="alignment-as-detection metrics, heatmaps and precision-recall sweeps")
     p.add_argument("--ckpt", help="a training checkpoint (epoch_N.pt) whose adapter gives the acoustic states")

@@ -67,3 +67,23 @@ def test_lm_fixes_an_acoustically_ambiguous_character(arpa):
 def test_missing_lm_file_is_reported(tmp_path):
     with pytest.raises(ValueError, match="nope.arpa"):
         LMBeamDecoder(CharTokenizer(), tmp_path / "nope.arpa")
+
+
+def test_lm_command_leaves_held_out_sentences_out_of_the_lm_text(tmp_path, capsys):
+    from otalign.cli import main
+    from otalign.data.manifest import write_manifest
+
+    def manifest(name, texts):
+        rows = [{"id": f"{name}-{i}", "audio_filepath": f"/nowhere/{name}-{i}.wav", "text": t, "duration": 1.0} for i, t in enumerate(texts)]
+        write_manifest(tmp_path / f"{name}.jsonl", rows)
+        return str(tmp_path / f"{name}.jsonl")
+
+    train = manifest("train", TEXTS + ["zyzzyva quux"])
+    test = manifest("test", ["zyzzyva quux"])
+    assert main(["lm", "--data", train, "--exclude", test, "--out", str(tmp_path / "lm.arpa"), "--order", "3"]) == 0
+    assert "13 transcripts from 1 manifest(s); 1 also in --exclude manifests, left out" in capsys.readouterr().out
+    arpa_text = (tmp_path / "lm.arpa").read_text()
+    # the held-out sentence's rare letters never reach the LM: no n-gram holds 'y' after 'z'
+    assert " z y" not in arpa_text and "\tz y" not in arpa_text
+    assert main(["lm", "--data", train, "--out", str(tmp_path / "all.arpa"), "--order", "3"]) == 0
+    assert "z y" in (tmp_path / "all.arpa").read_text()

@@ -16,6 +16,10 @@ def tiny_corpus(tmp_path_factory):
     return out
 
 
+# conf/demo.yaml is the Whisper recipe; these keys make it the from-scratch tiny Conformer-CTC
+FROM_SCRATCH_DEMO = ["model.frontend=fbank", "model.freeze_layers=0", "teacher.layer=0"]
+
+
 def tiny_overrides(corpus, exp_dir, aligner="uot", epochs=2):
     """--set overrides for a model small enough to train in seconds."""
     return [

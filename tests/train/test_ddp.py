@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.train.conftest import tiny_overrides
+from tests.train.conftest import FROM_SCRATCH_DEMO, tiny_overrides
 
 
 WHISPER = ["model.frontend=whisper-tiny.en", "model.freeze_layers=3", "teacher.layer=1-2", "transfer.adapter_hidden=64"]
@@ -22,8 +22,8 @@ def test_torchrun_two_ranks_train_and_agree(tiny_corpus, tmp_path, frontend):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "otalign.cli", "train", "--config", "conf/demo.yaml"]
     overrides = tiny_overrides(tiny_corpus, exp, aligner="uot", epochs=1) + ["threads=1"]
-    if frontend == "fbank":  # conf/demo.yaml is the Whisper recipe; this is its from-scratch variant
-        overrides += ["model.frontend=fbank", "model.freeze_layers=0", "teacher.layer=0"]
+    if frontend == "fbank":
+        overrides += FROM_SCRATCH_DEMO
     if frontend == "whisper":  # rank 0 fills the frozen-bottom cache, the other waits, both train from it
         overrides = [o for o in overrides if not o.startswith("model.overrides=")] + WHISPER + [
             f"data.whisper_cache_dir={tmp_path}/whisper_cache"]

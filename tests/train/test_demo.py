@@ -4,11 +4,9 @@ front end (Whisper tiny.en, 3 layers frozen) and with the from-scratch model it 
 import pytest
 
 from otalign.train.demo import run_demo
-from tests.train.conftest import tiny_overrides
+from tests.train.conftest import FROM_SCRATCH_DEMO, tiny_overrides
 
-
-FROM_SCRATCH = ["model.frontend=fbank", "model.freeze_layers=0", "teacher.layer=0",
-                "model.overrides={d_model: 48, num_layers: 1, ff_dim: 96, num_heads: 4}"]
+FROM_SCRATCH = FROM_SCRATCH_DEMO + ["model.overrides={d_model: 48, num_layers: 1, ff_dim: 96, num_heads: 4}"]
 
 
 @pytest.mark.slow

@@ -157,6 +157,10 @@ class OptimConfig:
     epochs: int = 10
     lr: float = 2e-3
     """Peak learning rate after warm-up."""
+    pretrained_lr: float | None = None
+    """Peak learning rate of the pre-trained Whisper encoder's trainable layers (None = ``lr``).
+    The CTC head and the adapter start from random weights and train at ``lr``; a step sized for
+    them disturbs the pre-trained layers (docs/results_whisper.md, ``ctc_freeze0``)."""
     warmup_steps: int = 300
     schedule: str = "noam"
     """'noam' (linear warm-up then inverse square-root decay) or 'constant' (warm-up then flat)."""
@@ -400,6 +404,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "model.freeze_layers": (0, 1000, True, True, False),
     "optim.epochs": (1, 100_000, True, True, False),
     "optim.lr": (0, math.inf, False, False, False),
+    "optim.pretrained_lr": (0, math.inf, False, False, False),
     "optim.warmup_steps": (0, math.inf, True, False, False),
     "optim.weight_decay": (0, math.inf, True, False, False),
     "optim.grad_clip": (0, math.inf, False, False, False),
@@ -485,6 +490,9 @@ def _check_frontend(config: TrainConfig) -> None:
                               f"whisper-tiny.en or whisper-base); the fbank Conformer is trained from scratch")
         if model.pool != 1:
             raise ConfigError("config key model.pool applies to Whisper front ends only")
+        if config.optim.pretrained_lr is not None:
+            raise ConfigError("config key optim.pretrained_lr applies to a pre-trained front end (model.frontend "
+                              "= whisper-tiny.en or whisper-base); the fbank Conformer trains at optim.lr")
     elif model.freeze_layers > layers:
         raise ConfigError(f"config key model.freeze_layers={model.freeze_layers} exceeds the {layers} layers "
                           f"of {model.frontend}")

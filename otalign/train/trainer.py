@@ -39,8 +39,8 @@ from otalign.text.cache import TeacherCache, targets_from_config
 from otalign.text.tokenizer import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from otalign.train.checkpoint import (ExpDirError, average_checkpoints, clear_run, newest_readable_checkpoint,
                                       rank_checkpoints, run_artifacts, save_checkpoint)
-from otalign.train.config import (RESUME_NEUTRAL_KEYS, TrainConfig, config_differences, read_yaml, save_config,
-                                  to_dict)
+from otalign.train.config import (RESUME_NEUTRAL_KEYS, OptimConfig, TrainConfig, config_differences, read_yaml,
+                                  save_config, to_dict)
 from otalign.train.config import validate as validate_config
 from otalign.train.system import System, Trainable, build_trainable, make_dataset  # noqa: F401
 
@@ -229,6 +229,19 @@ def transfer_eps(config: TrainConfig, epoch_progress: float) -> float:
     return t.eps_start * (t.eps / t.eps_start) ** fraction
 
 
+def param_groups(trainable: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the pre-trained Whisper layers at ``optim.pretrained_lr`` (when set),
+    everything else that trains (head, adapter, a from-scratch encoder) at ``optim.lr``."""
+    trained = [p for p in trainable.parameters() if p.requires_grad]
+    if optim.pretrained_lr is None:
+        return [{"params": trained, "lr": optim.lr}]
+    # WhisperAcousticEncoder keeps the converted weights under .encoder; nothing else of ours is pre-trained
+    pretrained_ids = {id(p) for p in trainable.asr.encoder.encoder.parameters()}
+    groups = [{"params": [p for p in trained if id(p) in pretrained_ids], "lr": optim.pretrained_lr},
+              {"params": [p for p in trained if id(p) not in pretrained_ids], "lr": optim.lr}]
+    return [g for g in groups if g["params"]]
+
+
 def lr_lambda(config: TrainConfig):
     warmup = max(1, config.optim.warmup_steps)
 
@@ -364,7 +377,9 @@ def train_one_epoch(model: nn.Module, trainable: Trainable, loader: DataLoader, 
             writer.add_scalar("train/loss", loss.item(), state.step)
             writer.add_scalar("train/ctc", float(losses["ctc"].detach()), state.step)
             writer.add_scalar("train/kt", float(losses["kt"].detach()), state.step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state.step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[-1], state.step)  # the optim.lr group
+            if len(optimizer.param_groups) > 1:
+                writer.add_scalar("train/pretrained_lr", scheduler.get_last_lr()[0], state.step)
             if losses["solver"]:
                 writer.add_scalar("train/solver_max_error", losses["solver"]["max_error"], state.step)
     batches = max(1, totals["batches"])
@@ -564,7 +579,7 @@ def run(config: TrainConfig, resume: bool = False, overwrite: bool = False, forc
     if info.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             trainable, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(trainable, config.optim), weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     state = EpochState()
 

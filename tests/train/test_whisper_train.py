@@ -135,10 +135,32 @@ def test_warm_start_switches_the_transfer_off_then_ramps_it():
     (["model.frontend=whisper-large"], "model.frontend must be one of"),
     (["model.frontend=whisper-base", "model.pool=3"], "model.pool must be 1 or 2"),
     (["transfer.start_epoch=10"], "leaves no epoch with the transfer"),
+    (["optim.pretrained_lr=0.0002"], "optim.pretrained_lr applies to a pre-trained front end"),
+    (["model.frontend=whisper-tiny.en", "optim.pretrained_lr=0"], "optim.pretrained_lr"),
 ])
 def test_bad_frontend_settings_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_pretrained_lr_groups_exactly_the_trainable_whisper_layers():
+    from otalign.train.trainer import build_trainable, param_groups
+
+    config = load_config(None, ["model.frontend=whisper-tiny.en", "model.freeze_layers=3", "transfer.aligner=uot",
+                                "optim.lr=0.001", "optim.pretrained_lr=0.0002"])
+    trainable = build_trainable(config, vocab_size=30, plm_width=16)
+    pretrained, fresh = param_groups(trainable, config.optim)
+    assert pretrained["lr"] == 0.0002 and fresh["lr"] == 0.001
+    top_layer = {id(p) for p in trainable.asr.encoder.encoder.layers[3].parameters()}
+    final_norm = {id(p) for p in trainable.asr.encoder.encoder.layer_norm.parameters()}
+    assert {id(p) for p in pretrained["params"]} == top_layer | final_norm  # nothing frozen, nothing fresh
+    fresh_ids = {id(p) for p in fresh["params"]}
+    assert {id(p) for p in trainable.transfer.parameters()} <= fresh_ids
+    assert {id(p) for p in trainable.asr.ctc_head.parameters()} <= fresh_ids
+    every_trained = {id(p) for p in trainable.parameters() if p.requires_grad}
+    assert fresh_ids | {id(p) for p in pretrained["params"]} == every_trained
+    unset = param_groups(trainable, load_config(None, ["model.frontend=whisper-tiny.en"]).optim)
+    assert len(unset) == 1 and len(unset[0]["params"]) == len(every_trained)
 
 
 def test_eps_anneals_geometrically_after_the_warm_start():

@@ -6,7 +6,8 @@ adapter + aligner), the feature pipeline, the PLM cache and the detection metric
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -59,7 +60,43 @@ def make_encode_fn(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN |
     return encode
 
 
+@dataclass
+class UtterancePlan:
+    """One utterance's plan from the system's own aligner, with what scoring it needs."""
+
+    utterance: Utterance
+    plan: torch.Tensor
+    """(frames, tokens): valid encoder frames x the teacher's tokens."""
+    word_index: torch.Tensor
+    """(tokens,): the whitespace word of each token (-1: special tokens)."""
+    frame_s: float
+
+
 @torch.no_grad()
+def alignment_plans(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN | None,
+                    utterances: Sequence[Utterance], batch_size: int = 16,
+                    teacher: TeacherCache | None = None) -> Iterator[UtterancePlan]:
+    """The aligner's plan of each utterance, in order, as in training (the adapter reads
+    ``transfer.layer``; ``teacher`` as in :func:`alignment_metrics`)."""
+    if trainable.transfer is None:
+        raise ValueError("this system was trained without an aligner (transfer.aligner=none): it has no plans")
+    if teacher is None:
+        teacher = targets_from_config(config.teacher)
+    frame_s = float(trainable.asr.frame_s)
+    utterances = list(utterances)
+    dataset = make_dataset(utterances, config, cmvn, trainable=trainable)
+    for start in range(0, len(utterances), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(utterances))))
+        batch = collate_batch([dataset[i] for i in chunk])
+        plm = teacher.get(batch["texts"])
+        out, states = _adapter_inputs(trainable, batch["feats"], batch["feat_lengths"])
+        transferred = trainable.transfer(states, out.mask, plm.states.float(), plm.mask)
+        for row, index in enumerate(chunk):
+            frames, tokens = int(out.mask[row].sum()), int(plm.mask[row].sum())
+            yield UtterancePlan(utterances[index], transferred.plan[row, :frames, :tokens],
+                                plm.word_index[row, :tokens], frame_s)
+
+
 def alignment_metrics(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMVN | None,
                       utterances: list[Utterance], batch_size: int = 16,
                       teacher: TeacherCache | None = None) -> dict[str, float]:
@@ -74,24 +111,10 @@ def alignment_metrics(trainable: Trainable, config: TrainConfig, cmvn: GlobalCMV
     scored = [u for u in utterances if u.words]
     if not scored:
         raise ValueError("alignment metrics need utterances with ground-truth word spans (manifest 'words')")
-    if teacher is None:
-        teacher = targets_from_config(config.teacher)
-    frame_s = float(trainable.asr.frame_s)
-    dataset = make_dataset(scored, config, cmvn, trainable=trainable)
-    per_utterance = []
-    for start in range(0, len(scored), batch_size):
-        chunk = list(range(start, min(start + batch_size, len(scored))))
-        batch = collate_batch([dataset[i] for i in chunk])
-        plm = teacher.get(batch["texts"])
-        out, states = _adapter_inputs(trainable, batch["feats"], batch["feat_lengths"])
-        transferred = trainable.transfer(states, out.mask, plm.states.float(), plm.mask)
-        for row, index in enumerate(chunk):
-            utt = scored[index]
-            frames, tokens = int(out.mask[row].sum()), int(plm.mask[row].sum())
-            plan = transferred.plan[row, :frames, :tokens]
-            nonspeech = [span.to_dict() for span in utt.nonspeech or []]
-            per_utterance.append(utterance_metrics(plan, plm.word_index[row, :tokens], utt.words, nonspeech,
-                                                   frame_s=frame_s))
+    per_utterance = [
+        utterance_metrics(item.plan, item.word_index, item.utterance.words,
+                          [span.to_dict() for span in item.utterance.nonspeech or []], frame_s=item.frame_s)
+        for item in alignment_plans(trainable, config, cmvn, scored, batch_size, teacher)]
     metrics = aggregate_metrics(per_utterance)
     # Utterances without word timings cannot be scored; count them rather than drop them silently.
     metrics["num_without_word_spans"] = len(utterances) - len(scored)

@@ -237,6 +237,13 @@ class System:
         self._require_transfer("alignment metrics")
         return alignment_metrics(self.trainable, self.config, self.cmvn, list(utterances), batch_size, self.teacher)
 
+    def alignment_plans(self, utterances: Sequence[Utterance], batch_size: int = 16):
+        """The system's own aligner's plan of each utterance (``evaluate.UtterancePlan``s, in order)."""
+        from otalign.train.evaluate import alignment_plans
+
+        self._require_transfer("alignment plans")
+        return alignment_plans(self.trainable, self.config, self.cmvn, list(utterances), batch_size, self.teacher)
+
     def encode_fn(self):
         """``encode_fn(utterances) -> (adapted states, mask)`` for ``otalign align --ckpt``, carrying
         ``frame_s`` and ``targets()`` (this system's teacher)."""

@@ -38,6 +38,25 @@ def test_a_training_checkpoint_restores_the_whole_system(trained, tiny_corpus):
     assert system.encode_fn().frame_s == system.frame_s == 0.04
 
 
+def test_alignment_plans_are_the_aligners_per_utterance_and_batch_independent(trained, tiny_corpus):
+    exp, _ = trained
+    system = System.load(exp / "epoch_1.pt")
+    utterances = list(read_manifest(tiny_corpus / "test_noisy.jsonl"))[:4]
+    together = list(system.alignment_plans(utterances, batch_size=4))
+    alone = [item for u in utterances for item in system.alignment_plans([u], batch_size=1)]
+    assert [item.utterance.id for item in together] == [u.id for u in utterances]
+    tokens = system.teacher.get([u.text for u in utterances]).mask.sum(dim=1)
+    for item, single, n_tokens in zip(together, alone, tokens):
+        frames = item.plan.shape[0]
+        assert item.plan.shape == (frames, int(n_tokens)) and item.word_index.shape == (int(n_tokens),)
+        assert abs(frames * item.frame_s - item.utterance.duration) < 2 * item.frame_s
+        # padding to the batch's longest utterance changes nothing (masked encoder and solver)
+        torch.testing.assert_close(item.plan, single.plan, atol=1e-5, rtol=1e-4)
+        # semi-relaxed uot: the token marginal is hard, so every token carries its share of mass
+        torch.testing.assert_close(item.plan.sum(dim=0), item.plan.sum(dim=0).mean().expand(int(n_tokens)),
+                                   atol=1e-3, rtol=1e-2)
+
+
 def test_an_inference_checkpoint_is_the_recognizer_only(trained, tiny_corpus, tmp_path):
     exp, final = trained
     full, export = System.load(exp / "epoch_1.pt"), System.load(final)

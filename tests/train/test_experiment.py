@@ -332,7 +332,8 @@ def test_the_grid_runs_unchanged_under_torchrun_with_each_run_on_both_ranks(tmp_
 
 
 def test_set_overrides_the_experiment_yaml_for_the_gpu_variant():
-    gpu = ["base.model.frontend=whisper-base", "base.model.freeze_layers=0", "results_dir=results/whisper_base",
+    gpu = ["base.model.frontend=whisper-base", "base.model.freeze_layers=0", "base.optim.pretrained_lr=0.0002",
+           "results_dir=results/whisper_base",
            "exp_root=exp/experiment_whisper_base", "report=docs/results_whisper_base.md", "discussion=null"]
     cpu_spec = ExperimentConfig.load("conf/experiment_whisper.yaml")
     spec = ExperimentConfig.load("conf/experiment_whisper.yaml", gpu)
@@ -340,6 +341,7 @@ def test_set_overrides_the_experiment_yaml_for_the_gpu_variant():
     runs, cpu_runs = run_configs(spec), run_configs(cpu_spec)
     assert len(runs) == len(cpu_runs) == 54
     assert {(c.model.frontend, c.model.freeze_layers) for *_, c in runs} == {("whisper-base", 0)}
+    assert {(c.optim.pretrained_lr, c.optim.lr) for *_, c in runs} == {(0.0002, 0.001)}
     assert {(c.model.frontend, c.model.freeze_layers) for *_, c in cpu_runs} == {("whisper-tiny.en", 3)}
     assert all(c.exp_dir.startswith("exp/experiment_whisper_base/") for *_, c in runs)
     with pytest.raises(ConfigError, match="with --set.*resuls_dir"):
